@@ -1,0 +1,314 @@
+"""Typed, frozen configuration: one dataclass per section, experiments as Python functions, CLI overrides.
+
+An experiment is a file `experiments/NAME.py` (or any path) defining `config() -> Config`. Every field of every
+section can be overridden on the command line as `--section.key=value` (nested sections: `--a.b.c=value`); the
+value is parsed to the field's declared type, and unknown or mistyped keys raise `ConfigError` with a one-line
+message. This module knows nothing of JAX: it is imported by every command, including the cheap ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import pathlib
+import typing
+from dataclasses import dataclass, field
+
+from jaxllm.data.pipeline_config import CleanConfig
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = REPO_ROOT / "experiments"
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the CLI prints it as one line and exits with status 2."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: str = "gpt2"  # 'gpt2': learned positions, LayerNorm, GELU; 'llama': RoPE, RMSNorm, SwiGLU, GQA
+    vocab_size: int = 8192
+    block_size: int = 256  # context length in tokens
+    n_layer: int = 6
+    n_head: int = 6
+    n_kv_head: int = 0  # 0 means n_head (plain multi-head attention)
+    n_embd: int = 384
+    mlp_hidden: int = 0  # 0 means 4 * n_embd (gpt2) or the Llama rule 8/3 * n_embd rounded up to 64
+    tie_embeddings: bool = True
+    compute_dtype: str = "float32"  # parameters stay float32; 'bfloat16' runs matmuls in bf16
+    remat: str = "none"  # 'none' | 'full' | 'save_matmuls'
+    scan_layers: bool = True
+    attention: str = "xla"  # 'xla': jax.nn.dot_product_attention; 'explicit': einsum + softmax
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def hidden(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.family == "llama":
+            return 64 * math.ceil(8 * self.n_embd / 3 / 64)
+        return 4 * self.n_embd
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    sources: tuple[str, ...] = ("stdlib",)  # see jaxllm.data.sources for the forms
+    tokenizer: str = "bpe"  # 'bpe' (sentencepiece, byte fallback) | 'char'
+    val_fraction: float = 0.05  # share of documents held out, chosen by a hash of each document's id
+    tokenizer_train_bytes: int = 12_000_000  # sample of the training split the tokenizer learns from
+    cache_dir: str = "runs/.prepared"  # prepared data lives in cache_dir/<hash of these settings>
+    clean: CleanConfig = field(default_factory=CleanConfig)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.1  # never applied to norms, biases or embeddings
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global-norm clipping; 0 disables
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1  # -1: all devices not used by the other axes
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16  # sequences per step, over all devices and hosts
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 250
+    eval_batches: int = 8
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    peak_tflops: float = 0.0  # per device, for MFU; 0 measures a bf16/f32 matmul at start
+    sample_prompt: str = "def "
+    sample_tokens: int = 80
+    compile_only: bool = False
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    coordinator: str = ""  # HOST:PORT; empty: single process, or auto-detected on TPU VMs / SLURM
+    num_processes: int = 1
+    process_id: int = 0
+    timeout_s: int = 300  # a process that waits this long on a peer ends with an error instead of hanging
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "base"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def validate(cfg: Config) -> Config:
+    """Checks that do not need devices or data; raises ConfigError naming the bad value and the fix."""
+    m, t, o = cfg.model, cfg.train, cfg.optim
+    checks = [
+        (m.family in ("gpt2", "llama"), f"model.family={m.family!r}: use 'gpt2' or 'llama'"),
+        (m.n_layer >= 1, f"model.n_layer={m.n_layer}: needs at least 1 layer"),
+        (m.n_head >= 1 and m.n_embd % m.n_head == 0,
+         f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}: pick a multiple"),
+        (m.kv_heads >= 1 and m.n_head % m.kv_heads == 0,
+         f"model.n_head={m.n_head} is not a multiple of model.n_kv_head={m.n_kv_head}: pick a divisor of n_head"),
+        (m.family != "llama" or m.head_dim % 2 == 0,
+         f"model.n_embd/n_head={m.head_dim}: RoPE needs an even head size"),
+        (m.vocab_size >= 300, f"model.vocab_size={m.vocab_size}: needs at least 300 (256 bytes + specials)"
+         if cfg.data.tokenizer == "bpe" else ""),
+        (m.block_size >= 2, f"model.block_size={m.block_size}: needs at least 2"),
+        (m.compute_dtype in ("float32", "bfloat16"), f"model.compute_dtype={m.compute_dtype!r}: use float32 or bfloat16"),
+        (m.remat in ("none", "full", "save_matmuls"), f"model.remat={m.remat!r}: use none, full or save_matmuls"),
+        (m.attention in ("xla", "explicit"), f"model.attention={m.attention!r}: use xla or explicit"),
+        (cfg.data.tokenizer in ("bpe", "char"), f"data.tokenizer={cfg.data.tokenizer!r}: use bpe or char"),
+        (0 < cfg.data.val_fraction < 1, f"data.val_fraction={cfg.data.val_fraction}: must be between 0 and 1"),
+        (len(cfg.data.sources) >= 1, "data.sources is empty: name at least one source, e.g. '[\"stdlib\"]'"),
+        (t.steps >= 1, f"train.steps={t.steps}: must be at least 1"),
+        (t.batch_size >= 1, f"train.batch_size={t.batch_size}: must be at least 1"),
+        (t.log_every >= 1 and t.eval_every >= 1 and t.checkpoint_every >= 1,
+         "train.log_every, eval_every and checkpoint_every must be at least 1"),
+        (t.eval_batches >= 1, f"train.eval_batches={t.eval_batches}: must be at least 1"),
+        (t.keep_checkpoints >= 1, f"train.keep_checkpoints={t.keep_checkpoints}: must be at least 1"),
+        (o.lr > 0, f"optim.lr={o.lr}: must be positive"),
+        (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio={o.min_lr_ratio}: must be in [0, 1]"),
+        (0 <= o.warmup_steps, f"optim.warmup_steps={o.warmup_steps}: must be >= 0"),
+        (sum(1 for a in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) if a == -1) <= 1,
+         "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1"),
+        (all(a == -1 or a >= 1 for a in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)),
+         "mesh.data, mesh.fsdp and mesh.tensor must each be a positive size or -1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Experiments and overrides
+
+
+def load_experiment(name_or_path: str) -> Config:
+    """`base` loads experiments/base.py; a path ending in .py loads that file. The file defines config()."""
+    if name_or_path.endswith(".py") or "/" in name_or_path:
+        path = pathlib.Path(name_or_path)
+    else:
+        path = EXPERIMENTS_DIR / f"{name_or_path}.py"
+    if not path.is_file():
+        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py") if not p.stem.startswith("_"))
+        raise ConfigError(f"unknown experiment {name_or_path!r}: use one of {', '.join(known)} or a path to a .py file")
+    spec = importlib.util.spec_from_file_location(f"jaxllm_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "config", None)):
+        raise ConfigError(f"{path} defines no config() function returning a jaxllm Config")
+    cfg = module.config()
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"{path}: config() returned {type(cfg).__name__}, expected jaxllm.config.Config")
+    return cfg
+
+
+def _parse_value(raw: str, typ, key: str):
+    origin = typing.get_origin(typ)
+    try:
+        if typ is bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            value = float(raw)  # accepts 1e6 for integer fields, refuses 2.5
+            if not value.is_integer():
+                raise ValueError
+            return int(value)
+        if typ is float:
+            return float(raw)
+        if typ is str:
+            return raw
+        if origin is tuple:
+            items = json.loads(raw) if raw.strip().startswith("[") else [s for s in raw.split(",") if s]
+            if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+                raise ValueError
+            return tuple(items)
+    except (ValueError, json.JSONDecodeError):
+        pass
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        typ, "a JSON list of strings, e.g. '[\"stdlib\"]'")
+    raise ConfigError(f"--{key}={raw!r}: expected {expected}")
+
+
+def _set_path(obj, parts: list[str], raw: str, full_key: str):
+    hints = typing.get_type_hints(type(obj))
+    name = parts[0]
+    if name not in hints:
+        known = ", ".join(f.name for f in dataclasses.fields(obj))
+        raise ConfigError(f"unknown config key --{full_key}: {type(obj).__name__} has {known}")
+    current = getattr(obj, name)
+    if dataclasses.is_dataclass(current):
+        if len(parts) == 1:
+            raise ConfigError(f"--{full_key} is a section: set one of its fields, e.g. --{full_key}.<field>=value")
+        return dataclasses.replace(obj, **{name: _set_path(current, parts[1:], raw, full_key)})
+    if len(parts) > 1:
+        raise ConfigError(f"unknown config key --{full_key}: {'.'.join(parts[:1])} is not a section")
+    return dataclasses.replace(obj, **{name: _parse_value(raw, hints[name], full_key)})
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, str]) -> Config:
+    for key, raw in overrides.items():
+        cfg = _set_path(cfg, key.split("."), raw, key)
+    return cfg
+
+
+def config_from_dict(data: dict, cls=Config):
+    """Inverse of Config.to_dict (used to read a run's saved config)."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        typ, value = hints[f.name], data[f.name]
+        if dataclasses.is_dataclass(typ):
+            value = config_from_dict(value, typ)
+        elif typing.get_origin(typ) is tuple:
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def diff(a, b, prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ between two configs of the same class."""
+    out = []
+    for f in dataclasses.fields(a):
+        va, vb = getattr(a, f.name), getattr(b, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(va):
+            out += diff(va, vb, key + ".")
+        elif va != vb:
+            out.append(key)
+    return out
+
+
+def parse_cli(argv: list[str], *, allowed_flags: typing.Iterable[str] = ()) -> tuple[Config, dict[str, str]]:
+    """Splits `--experiment=X`, `--section.key=value` overrides and the command's own flags.
+
+    Returns the resolved, validated Config and a dict of the command's own flags (those in allowed_flags).
+    """
+    allowed = set(allowed_flags) | {"experiment"}
+    flags: dict[str, str] = {}
+    overrides: dict[str, str] = {}
+    for arg in argv:
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: options look like --key=value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if key in allowed:
+                value = "true"  # a bare flag
+            else:
+                raise ConfigError(f"--{key} needs a value: write --{key}=VALUE")
+        if "." in key:
+            overrides[key] = value
+        elif key in allowed:
+            flags[key] = value
+        else:
+            raise ConfigError(f"unknown option --{key}: use --experiment=NAME, --section.key=value"
+                              + (f" or one of {', '.join('--' + a for a in sorted(allowed - {'experiment'}))}"
+                                 if allowed - {"experiment"} else ""))
+    cfg = load_experiment(flags.get("experiment", "base"))
+    cfg = apply_overrides(cfg, overrides)
+    return validate(cfg), flags
+
+
+def replace(cfg, **changes):
+    """dataclasses.replace, re-exported so experiments need only this module."""
+    return dataclasses.replace(cfg, **changes)
+
