@@ -1,0 +1,263 @@
+"""`python -m jaxllm.scaling`: an IsoFLOP sweep on this machine, then fits and plots (Hoffmann et al. 2022, Approaches
+2 and 3, at toy scale).
+
+    python -m jaxllm.scaling --experiment=base                                   # the default sweep
+    python -m jaxllm.scaling --experiment=base --budgets=1e14,3e14,1e15 --sizes=5
+    python -m jaxllm.scaling --experiment=base --dry_run                         # the grid only, nothing trained
+
+For each budget C (FLOPs), `--sizes` models of the experiment's family are spread log-evenly over `--span` times
+either side of the rule-of-20 size (moved up to start at the family's smallest model when it would fall below it;
+models that would get fewer than MIN_STEPS steps are left out); each trains for C / (FLOPs per token) tokens with the real training code, and its final
+validation loss is recorded. Writes OUT/scaling.json and OUT/isoflop.png, OUT/optimal.png. A run whose result is
+already in OUT is reused, so an interrupted sweep picks up where it stopped. Not for: planning a single run
+(`python -m jaxllm.plan`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import pathlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from jaxllm.config import Config, ConfigError, parse_cli
+from jaxllm.scaling import (flops_per_token, human, param_count, positive_number, rule_of_20, size_model,
+                            smallest_model)
+from jaxllm.scaling_fit import fit_loss_law, isoflop_minimum, power_law
+
+FLAGS = ("budgets", "sizes", "span", "out", "dry_run")
+DEFAULT_BUDGETS = "2e12,5e12,1.2e13"  # about 25 minutes for the base experiment on this 2-core CPU
+DEFAULT_SIZES = 5
+DEFAULT_SPAN = 4.0
+MIN_STEPS = 30  # fewer steps than this and the cosine schedule, not the model size, decides the loss
+
+
+@dataclass(frozen=True)
+class Run:
+    budget: float  # the nominal FLOP budget this run belongs to
+    cfg: Config
+
+    @property
+    def tokens(self) -> int:
+        return self.cfg.train.steps * self.cfg.train.batch_size * self.cfg.model.block_size
+
+    @property
+    def flops(self) -> float:  # what the run really spends: its steps are rounded
+        return self.tokens * flops_per_token(self.cfg.model)
+
+    @property
+    def name(self) -> str:
+        m = self.cfg.model
+        digest = hashlib.sha256(self.cfg.to_json().encode()).hexdigest()[:8]  # any other change: another run
+        return f"C{self.budget:.2e}_L{m.n_layer}_E{m.n_embd}_H{m.n_head}_{digest}"
+
+
+def _steps_for(cfg: Config, model, budget: float) -> int:
+    return round(budget / (flops_per_token(model) * cfg.train.batch_size * cfg.model.block_size))
+
+
+def grid(cfg: Config, budgets: list[float], sizes: int, span: float) -> list[Run]:
+    """The runs of the sweep, per budget from smallest model to largest. Raises ConfigError when a budget leaves
+    fewer than 3 distinct models (a parabola needs 3)."""
+    runs = []
+    for budget in budgets:
+        # Below the smallest model the grid moves up rather than collapsing onto it: at toy budgets the embedding
+        # alone outweighs the rule-of-20 size.
+        lowest = max(rule_of_20(budget).n_params / span, param_count(smallest_model(cfg.model)).total)
+        models = []
+        for target in lowest * np.geomspace(1, span**2, sizes):
+            model = size_model(cfg.model, target)
+            if _steps_for(cfg, model, budget) >= MIN_STEPS and model not in models:
+                models.append(model)
+        if len(models) < 3:
+            smallest = smallest_model(cfg.model)
+            need = MIN_STEPS * flops_per_token(smallest) * cfg.train.batch_size * cfg.model.block_size
+            raise ConfigError(
+                f"budget {budget:.3g} FLOPs leaves {len(models)} model sizes of {cfg.name} with at least {MIN_STEPS} "
+                f"steps; a parabola needs 3: raise the budget (the smallest model alone needs {need:.2g}), "
+                f"widen --span or add --sizes")
+        for model in models:
+            steps = _steps_for(cfg, model, budget)
+            optim = dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, steps // 10))
+            train = dataclasses.replace(cfg.train, steps=steps, eval_every=steps, checkpoint_every=steps)
+            runs.append(Run(budget, dataclasses.replace(cfg, model=model, optim=optim, train=train)))
+    return runs
+
+
+def execute(runs: list[Run], out: pathlib.Path, train) -> list[dict]:
+    """Trains each run not already finished in out (train: jaxllm.train.run's signature); returns one record each."""
+    done = {run.name: json.loads((out / run.name / "scaling_result.json").read_text())
+            for run in runs if (out / run.name / "scaling_result.json").is_file()}
+    todo_flops = sum(run.flops for run in runs if run.name not in done)
+    print(f"{len(runs)} runs, {len(done)} already finished; {todo_flops:.3g} FLOPs of training to do")
+    records, spent_flops, spent_s = [], 0.0, 0.0
+    for i, run in enumerate(runs, 1):
+        m = run.cfg.model
+        label = (f"[{i}/{len(runs)}] C={run.budget:.2g} {m.n_layer}x{m.n_embd} ({human(param_count(m).total)} "
+                 f"params) {human(run.cfg.train.steps)} steps")
+        if run.name not in done:
+            print(f"{label} ...", flush=True)
+            t0 = time.perf_counter()
+            result = train(run.cfg, out / run.name, progress=False)
+            wall_s = time.perf_counter() - t0
+            spent_flops, spent_s = spent_flops + run.flops, spent_s + wall_s
+            done[run.name] = {"val_loss": result["val_loss"], "val_bpb": result["val_bpb"],
+                              "tokens_per_s": result["tokens_per_s"], "wall_s": wall_s}
+            (out / run.name).mkdir(exist_ok=True)
+            tmp = out / run.name / "scaling_result.json.tmp"
+            tmp.write_text(json.dumps(done[run.name], indent=2))
+            tmp.replace(out / run.name / "scaling_result.json")
+            left_s = (todo_flops - spent_flops) / (spent_flops / spent_s)
+            print(f"  val_loss {result['val_loss']:.4f} in {wall_s:.0f} s "
+                  f"({spent_flops / spent_s / 1e9:.0f} GFLOP/s); about {left_s / 60:.0f} min left", flush=True)
+        else:
+            print(f"{label}: val_loss {done[run.name]['val_loss']:.4f} (reused)")
+        records.append({"budget": run.budget, "n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head,
+                        "params": param_count(m).total, "non_embedding_params": param_count(m).non_embedding,
+                        "steps": run.cfg.train.steps, "tokens": run.tokens, "flops": run.flops,
+                        "run_dir": str(out / run.name), **done[run.name]})
+    return records
+
+
+def fit(records: list[dict]) -> dict:
+    """IsoFLOP minima per budget, power laws N_opt ∝ C^a and D_opt ∝ C^b over them, and L(N, D) over all runs.
+    A fit the data cannot support is recorded with its reason instead of its numbers."""
+    profiles = []
+    for budget in sorted({r["budget"] for r in records}):
+        at = [r for r in records if r["budget"] == budget]
+        n, d, loss = (np.array([r[k] for r in at], dtype=float) for k in ("params", "tokens", "val_loss"))
+        try:
+            log_n_opt, loss_min, coeffs = isoflop_minimum(np.log(n), loss)
+            log_d_opt, _, _ = isoflop_minimum(np.log(d), loss)
+        except ValueError as e:
+            profiles.append({"budget": budget, "error": str(e)})
+            continue
+        profiles.append({"budget": budget, "n_opt": math.exp(log_n_opt), "d_opt": math.exp(log_d_opt),
+                         "loss_min": loss_min, "parabola_ln_n": coeffs.tolist(),
+                         "inside_grid": bool(n.min() <= math.exp(log_n_opt) <= n.max())})
+    result = {"isoflop": profiles}
+    good = [p for p in profiles if "n_opt" in p]
+    if len(good) >= 2:
+        c = np.array([p["budget"] for p in good])
+        for key, name in (("n_opt", "params"), ("d_opt", "tokens")):
+            exponent, coefficient = power_law(c, np.array([p[key] for p in good]))
+            result[f"{name}_law"] = {"exponent": exponent, "coefficient": coefficient}
+    else:
+        result["params_law"] = result["tokens_law"] = {"error": f"{len(good)} budget(s) with a minimum; need 2"}
+    try:
+        law = fit_loss_law([r["params"] for r in records], [r["tokens"] for r in records],
+                           [r["val_loss"] for r in records])
+        result["loss_law"] = {**dataclasses.asdict(law), "params_exponent": law.beta / (law.alpha + law.beta),
+                              "tokens_exponent": law.alpha / (law.alpha + law.beta)}
+    except ValueError as e:
+        result["loss_law"] = {"error": str(e)}
+    return result
+
+
+def plot(records: list[dict], fits: dict, out: pathlib.Path) -> None:
+    """isoflop.png: loss against N per budget, fitted parabolas and minima; optimal.png: N_opt and D_opt against C."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for profile, color in zip(fits["isoflop"], plt.cm.viridis(np.linspace(0, 0.85, len(fits["isoflop"])))):
+        at = [r for r in records if r["budget"] == profile["budget"]]
+        n = np.array([r["params"] for r in at])
+        ax.plot(n, [r["val_loss"] for r in at], "o", color=color, label=f"C = {profile['budget']:.2g}")
+        if "n_opt" in profile:
+            x = np.linspace(np.log(n.min()), np.log(n.max()), 100)
+            ax.plot(np.exp(x), np.polyval(profile["parabola_ln_n"], x), "-", color=color, lw=1)
+            ax.plot(profile["n_opt"], profile["loss_min"], "*", color=color, ms=14, mec="black")
+    ax.set(xscale="log", xlabel="parameters N", ylabel="final validation loss (nats/token)", title="IsoFLOP profiles")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    _save(fig, out / "isoflop.png")
+
+    good = [p for p in fits["isoflop"] if "n_opt" in p]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, law, label in ((axes[0], "n_opt", "params_law", "N_opt (parameters)"),
+                                (axes[1], "d_opt", "tokens_law", "D_opt (tokens)")):
+        c = np.array([p["budget"] for p in good])
+        ax.plot(c, [p[key] for p in good], "o", label="IsoFLOP minima")
+        if "exponent" in fits[law] and len(c):
+            line = np.geomspace(c.min() / 2, c.max() * 2, 50)
+            ax.plot(line, fits[law]["coefficient"] * line ** fits[law]["exponent"], "-",
+                    label=f"fit: ∝ C^{fits[law]['exponent']:.2f}")
+            chinchilla = [getattr(rule_of_20(x), "n_params" if key == "n_opt" else "n_tokens") for x in line]
+            ax.plot(line, chinchilla, "--", color="gray", label="20 tokens/param (Hoffmann et al.)")
+        ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel=label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    _save(fig, out / "optimal.png")
+
+
+def _save(fig, path: pathlib.Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def sweep(cfg: Config, budgets: list[float], sizes: int, span: float, out: pathlib.Path, train) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    records = execute(grid(cfg, budgets, sizes, span), out, train)
+    fits = fit(records)
+    summary = {"experiment": cfg.name, "budgets": budgets, "sizes": sizes, "span": span, "fits": fits,
+               "runs": records}
+    tmp = out / "scaling.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(out / "scaling.json")
+    plot(records, fits, out)
+    return summary
+
+
+def _print_fits(fits: dict, out: pathlib.Path) -> None:
+    for p in fits["isoflop"]:
+        print(f"C={p['budget']:.3g}: " + (p["error"] if "error" in p else
+              f"N_opt {human(p['n_opt'])}, D_opt {human(p['d_opt'])}, loss {p['loss_min']:.4f}"
+              + ("" if p["inside_grid"] else " (extrapolated: outside the sizes trained)")))
+    for key, name in (("params_law", "N_opt"), ("tokens_law", "D_opt")):
+        law = fits[key]
+        print(f"{name} ∝ C^{law['exponent']:.3f}" if "exponent" in law else f"{name}: {law['error']}")
+    law = fits["loss_law"]
+    print(f"L(N, D) = {law['E']:.3f} + {law['A']:.4g}/N^{law['alpha']:.3f} + {law['B']:.4g}/D^{law['beta']:.3f} "
+          f"(N_opt ∝ C^{law['params_exponent']:.3f})" if "E" in law else f"L(N, D): {law['error']}")
+    print(f"wrote {out / 'scaling.json'}, {out / 'isoflop.png'}, {out / 'optimal.png'}")
+
+
+def main(argv: list[str]) -> int:
+    cfg, flags = parse_cli(argv, allowed_flags=FLAGS)
+    budgets = [positive_number("budgets", raw, "1e12,3e12,1e13")
+               for raw in flags.get("budgets", DEFAULT_BUDGETS).split(",")]
+    sizes = positive_number("sizes", flags.get("sizes", str(DEFAULT_SIZES)), "5")
+    span = positive_number("span", flags.get("span", str(DEFAULT_SPAN)), "4")
+    if not sizes.is_integer() or sizes < 3:
+        raise ConfigError(f"--sizes={flags['sizes']}: a parabola needs a whole number of at least 3 model sizes")
+    if span <= 1:
+        raise ConfigError(f"--span={flags['span']}: the sizes reach span times either side of the center; use > 1")
+    if len(set(budgets)) != len(budgets):
+        raise ConfigError(f"--budgets={flags['budgets']} repeats a budget: list each once")
+    out = pathlib.Path(flags.get("out") or f"runs/scaling/{cfg.name}")
+    if flags.get("dry_run", "false").lower() in ("1", "true", "yes", "on"):
+        runs = grid(cfg, budgets, int(sizes), span)
+        for run in runs:
+            m = run.cfg.model
+            print(f"C={run.budget:.2g} {m.n_layer}x{m.n_embd} {human(param_count(m).total)} params "
+                  f"{human(run.tokens)} tokens {run.cfg.train.steps} steps")
+        print(f"{len(runs)} runs, {sum(r.flops for r in runs):.3g} FLOPs of training in all")
+        return 0
+    from jaxllm.train import run as train_run  # imports JAX: only when training
+
+    summary = sweep(cfg, budgets, int(sizes), span, out, train_run)
+    _print_fits(summary["fits"], out)
+    return 0
