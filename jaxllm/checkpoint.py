@@ -1,0 +1,79 @@
+"""Orbax checkpoints of a run: the train state, plus a JSON item with the step, the config and the tokenizer.
+
+Each checkpoint is self-contained (the tokenizer file travels inside it, base64), so generation, evaluation and
+export need only the run directory. Saves are asynchronous and atomic: Orbax writes `<step>.orbax-checkpoint-tmp`
+and renames it when complete, so a killed save leaves the previous checkpoint as the latest. Restoring takes an
+abstract state whose leaves carry the wanted shardings, which reshards onto whatever mesh the run now has.
+"""
+
+from __future__ import annotations
+
+import base64
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxllm import tokenizer as tok
+from jaxllm.config import Config, ConfigError, config_from_dict, diff
+
+
+def manager(run_dir: pathlib.Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only)
+    return ocp.CheckpointManager(pathlib.Path(run_dir).resolve() / "checkpoints", options=options,
+                                 item_names=("state", "meta"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: dict, cfg: Config, tokenizer: tok.Tokenizer,
+         extra: dict | None = None) -> None:
+    meta = {"step": step, "config": cfg.to_dict(), "tokenizer_name": tokenizer.path.name,
+            "tokenizer_b64": base64.b64encode(tokenizer.path.read_bytes()).decode("ascii"), **(extra or {})}
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+
+def read_meta(mngr: ocp.CheckpointManager, step: int | None = None) -> dict | None:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        return None
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state) -> dict:
+    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+
+
+def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params) -> dict:
+    """Only the parameters (no optimizer state): for generation, evaluation, export and fine-tuning."""
+    target = {"params": abstract_params}
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=target, restore_args=jax.tree.map(
+            lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape, dtype=s.dtype), target),
+            partial_restore=True)))
+    return restored["state"]["params"]
+
+
+def tokenizer_from_meta(meta: dict, directory: pathlib.Path) -> tok.Tokenizer:
+    """Writes the checkpoint's tokenizer file into `directory` (if not already there) and loads it."""
+    path = pathlib.Path(directory) / meta["tokenizer_name"]
+    data = base64.b64decode(meta["tokenizer_b64"])
+    if not path.is_file() or path.read_bytes() != data:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return tok.load(path)
+
+
+# Fields that may change between a run and its resumption: they shape neither the state nor the data order.
+RESUMABLE_FIELDS = ("name", "train.steps", "train.log_every", "train.eval_every", "train.eval_batches",
+                    "train.checkpoint_every", "train.keep_checkpoints", "train.peak_tflops", "train.sample_prompt",
+                    "train.sample_tokens", "train.compile_only", "mesh.", "distributed.", "data.cache_dir",
+                    "model.remat", "model.attention", "model.scan_layers", "model.compute_dtype")
+
+
+def check_compatible(saved: dict, cfg: Config, run_dir: pathlib.Path) -> None:
+    """Refuses to resume a run whose checkpoint was made with a different model, data or optimizer."""
+    differing = [k for k in diff(config_from_dict(saved), cfg)
+                 if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_FIELDS)]
+    if differing:
+        raise ConfigError(f"{run_dir} holds a checkpoint of a different config ({', '.join(differing)} differ); "
+                          f"use another --run_dir or the same settings")

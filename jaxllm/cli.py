@@ -1,0 +1,20 @@
+"""What every command shares: user errors become one line on stderr and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from jaxllm.config import ConfigError
+
+
+def run_main(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
+    """Calls main(argv); a ConfigError prints `error: <message>` and returns 2, Ctrl-C returns 130."""
+    try:
+        return main(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,170 @@
+"""Preparation: sources -> exact dedup -> train/val split -> tokenizer -> token shards, cached by content.
+
+The prepared directory is `data.cache_dir/<key>`, where the key hashes every setting that shapes the result and a
+fingerprint of the inputs (sizes and modification times), so changed inputs or settings prepare anew and
+unchanged ones are reused. Everything is written into a temporary directory renamed into place at the end: an
+interrupted preparation leaves nothing a later run would trust.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from jaxllm import tokenizer as tok
+from jaxllm.config import Config, ConfigError
+from jaxllm.data import shards
+from jaxllm.data.sources import Document, SourceStats, iter_documents, stdlib_root
+
+FORMAT_VERSION = 1  # bump when the layout of a prepared directory changes
+
+
+@dataclasses.dataclass
+class Prepared:
+    dir: pathlib.Path
+    tokenizer: tok.Tokenizer
+    train_tokens: np.ndarray  # memmap
+    val_tokens: np.ndarray  # memmap
+    manifest: dict
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def is_validation(doc_id: str, val_fraction: float) -> bool:
+    """Stable split: a document is held out when the hash of its id falls below val_fraction."""
+    return int(hashlib.sha256(doc_id.encode("utf-8")).hexdigest()[:8], 16) / 2**32 < val_fraction
+
+
+def _input_fingerprint(sources: tuple[str, ...]) -> list:
+    """Cheap evidence that the inputs are unchanged: interpreter version for the stdlib, size and mtime of files."""
+    out = []
+    for source in sources:
+        if source == "stdlib":
+            out.append([source, sys.version, str(stdlib_root())])
+        elif source.startswith("file:"):
+            st = os.stat(pathlib.Path(source[5:]).expanduser()) if os.path.exists(source[5:]) else None
+            out.append([source, st and st.st_size, st and st.st_mtime_ns])
+        else:
+            out.append([source])
+    return out
+
+
+def cache_key(cfg: Config) -> str:
+    settings = {"version": FORMAT_VERSION, "data": dataclasses.asdict(cfg.data) | {"cache_dir": None},
+                "vocab_size": cfg.model.vocab_size, "inputs": _input_fingerprint(cfg.data.sources)}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[data] {message}", flush=True)
+
+
+def _collect(cfg: Config, progress: bool) -> tuple[list[Document], list[Document], dict]:
+    stats = SourceStats()
+    seen: set[str] = set()
+    train, val, records = [], [], []
+    duplicates = 0
+    for doc in iter_documents(cfg.data.sources, stats):
+        digest = _sha(doc.text)
+        if digest in seen or not doc.text:
+            duplicates += 1
+            continue
+        seen.add(digest)
+        held_out = is_validation(doc.id, cfg.data.val_fraction)
+        (val if held_out else train).append(doc)
+        records.append({"id": doc.id, "sha256": digest, "bytes": len(doc.text.encode("utf-8")),
+                        "split": "val" if held_out else "train"})
+    if not train or not val:
+        raise ConfigError(f"data sources {list(cfg.data.sources)} gave {len(train)} training and {len(val)} held-out "
+                          f"documents; both splits need at least one (add documents or change data.val_fraction)")
+    summary = {"files_read": stats.files_read, "files_skipped": stats.files_skipped,
+               "skipped_examples": stats.skipped_examples, "exact_duplicates_dropped": duplicates,
+               "documents": records}
+    _say(progress, f"{stats.files_read} files read, {stats.files_skipped} skipped (undecodable or unreadable), "
+                   f"{duplicates} exact duplicates dropped: {len(train)} train / {len(val)} held-out documents")
+    return train, val, summary
+
+
+def _tokenizer_lines(docs: list[Document], budget_bytes: int):
+    """Lines from documents spread evenly over the training split, up to about budget_bytes."""
+    total = sum(len(d.text) for d in docs)
+    stride = max(1, round(total / max(budget_bytes, 1)))
+    used = 0
+    for doc in docs[::stride]:
+        for line in doc.text.split("\n"):
+            yield line
+        used += len(doc.text)
+        if used >= budget_bytes:
+            return
+
+
+def _build(cfg: Config, tmp: pathlib.Path, progress: bool) -> dict:
+    t0 = time.perf_counter()
+    train, val, summary = _collect(cfg, progress)
+    t1 = time.perf_counter()
+    if cfg.data.tokenizer == "char":
+        tokenizer = tok.train_char((d.text for d in train + val), tmp / "tokenizer.json")
+        if tokenizer.vocab_size > cfg.model.vocab_size:
+            raise ConfigError(f"the corpus has {tokenizer.vocab_size} distinct characters and specials but "
+                              f"model.vocab_size={cfg.model.vocab_size}; set --model.vocab_size={tokenizer.vocab_size}")
+    else:
+        tokenizer = tok.train_bpe(_tokenizer_lines(train, cfg.data.tokenizer_train_bytes), cfg.model.vocab_size,
+                                  tmp / "tokenizer.model")
+    t2 = time.perf_counter()
+    _say(progress, f"tokenizer ({cfg.data.tokenizer}, {tokenizer.vocab_size} tokens) trained in {t2 - t1:.1f}s")
+    splits = {}
+    for name, docs in (("train", train), ("val", val)):
+        def encoded(docs=docs):
+            for i in range(0, len(docs), 256):
+                yield from tokenizer.encode_batch([d.text for d in docs[i:i + 256]])
+        n_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
+        splits[name] = shards.write_split(tmp, name, encoded(), n_bytes, tokenizer.vocab_size)
+    t3 = time.perf_counter()
+    for name, index in splits.items():
+        _say(progress, f"{name}: {index['documents']} documents, {index['tokens']:,} tokens, {index['bytes']:,} bytes "
+                       f"({index['bytes'] / index['tokens']:.2f} bytes/token)")
+    return {"format_version": FORMAT_VERSION, "data": dataclasses.asdict(cfg.data),
+            "vocab_size": tokenizer.vocab_size, "tokenizer_file": tokenizer.path.name,
+            "tokenizer_sha256": hashlib.sha256(tokenizer.path.read_bytes()).hexdigest(),
+            "splits": splits, "sources": summary,
+            "seconds": {"read": t1 - t0, "tokenizer": t2 - t1, "encode": t3 - t2}}
+
+
+def load_prepared(directory: pathlib.Path) -> Prepared:
+    manifest = json.loads((directory / "manifest.json").read_text())
+    tokenizer = tok.load(directory / manifest["tokenizer_file"])
+    train_tokens, _ = shards.read_split(directory, "train")
+    val_tokens, _ = shards.read_split(directory, "val")
+    return Prepared(directory, tokenizer, train_tokens, val_tokens, manifest)
+
+
+def prepare(cfg: Config, progress: bool = True) -> Prepared:
+    """The prepared data for this config: reused when present and complete, built otherwise."""
+    root = pathlib.Path(cfg.data.cache_dir)
+    final = root / cache_key(cfg)
+    if (final / "manifest.json").is_file():
+        _say(progress, f"reusing prepared data in {final}")
+        return load_prepared(final)
+    _say(progress, f"preparing {list(cfg.data.sources)} into {final}")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        manifest = _build(cfg, tmp, progress)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_prepared(final)

@@ -1,0 +1,239 @@
+"""The decoder-only transformer, in Flax NNX: GPT-2 and Llama families from one set of layers.
+
+gpt2:  learned positions, pre-LayerNorm, GELU MLP, biases, tied embeddings by default.
+llama: RoPE, RMSNorm, SwiGLU MLP, grouped-query attention (n_kv_head), no biases.
+
+Every parameter carries logical axis names (metadata `out_sharding`); `jaxllm.sharding` maps them to mesh axes,
+so nothing here mentions a mesh. Layers are created stacked (leading axis 'layers') and run with `lax.scan`, or
+unrolled over the same stacked parameters (`scan_layers=False`), so both settings share one checkpoint layout.
+Parameters are float32; `compute_dtype` casts them for the matmuls; norms, softmax and logits stay float32.
+
+A KV cache (`init_cache`) lets decoding attend to past keys without recomputing them: see `jaxllm.generate`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxllm.config import ModelConfig
+
+Array = jax.Array
+_normal = nnx.initializers.normal
+
+
+def _param(rngs: nnx.Rngs | None, shape: tuple[int, ...], names: tuple[str, ...], std: float | None) -> nnx.Param:
+    """A float32 parameter: normal(std) if std is given, else zeros (std=None) or ones (std=0)."""
+    if std is None:
+        value = jnp.zeros(shape, jnp.float32)
+    elif std == 0:
+        value = jnp.ones(shape, jnp.float32)
+    else:
+        value = _normal(std)(rngs.params(), shape, jnp.float32)
+    return nnx.Param(value, out_sharding=names)
+
+
+class Norm(nnx.Module):
+    """LayerNorm (gpt2) or RMSNorm (llama), computed in float32."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.rms = cfg.family == "llama"
+        self.eps = cfg.norm_eps
+        self.scale = _param(None, (cfg.n_embd,), ("embed",), 0)
+        self.bias = None if self.rms else _param(None, (cfg.n_embd,), ("embed",), None)
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        if self.rms:
+            y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+            y = y * self.scale[...]
+        else:
+            mean = jnp.mean(x32, axis=-1, keepdims=True)
+            var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+            y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return y.astype(x.dtype)
+
+
+def rope(x: Array, positions: Array, theta: float) -> Array:
+    """Rotary embedding, rotating pairs (i, i + Dh/2) as Llama's HF layout does. x: (B,T,N,Dh), positions: (B,T)."""
+    half = x.shape[-1] // 2
+    inv_freq = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))  # (Dh/2,)
+    angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq  # (B,T,1,Dh/2)
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def attend(q: Array, k: Array, v: Array, mask: Array | None, impl: str) -> Array:
+    """Softmax attention with grouped KV heads. q: (B,T,H,Dh); k, v: (B,S,KV,Dh); mask: (B,T,S) bool or None
+    (None: causal over T == S). Returns (B,T,H,Dh). Scores and softmax are float32 in both implementations."""
+    if impl == "xla":
+        return jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None],
+                                            is_causal=mask is None)
+    b, t, h, dh = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(dh)
+    if mask is None:
+        mask = jnp.tril(jnp.ones((t, k.shape[1]), bool))[None]
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        e, h, kv, dh = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim
+        bias = cfg.family == "gpt2"
+        out_std = 0.02 / math.sqrt(2 * cfg.n_layer)  # GPT-2: residual projections scaled by depth
+        self.cfg = cfg
+        self.q = _param(rngs, (e, h, dh), ("embed", "heads", "head_dim"), 0.02)
+        self.k = _param(rngs, (e, kv, dh), ("embed", "kv_heads", "head_dim"), 0.02)
+        self.v = _param(rngs, (e, kv, dh), ("embed", "kv_heads", "head_dim"), 0.02)
+        self.o = _param(rngs, (h, dh, e), ("heads", "head_dim", "embed"), out_std)
+        self.q_bias = _param(None, (h, dh), ("heads", "head_dim"), None) if bias else None
+        self.k_bias = _param(None, (kv, dh), ("kv_heads", "head_dim"), None) if bias else None
+        self.v_bias = _param(None, (kv, dh), ("kv_heads", "head_dim"), None) if bias else None
+        self.o_bias = _param(None, (e,), ("embed",), None) if bias else None
+
+    def __call__(self, x: Array, positions: Array, cache: dict | None, cache_index: Array | None):
+        """x: (B,T,E). With a cache (k, v: (B,S,KV,Dh), pos: (B,S)), writes this call's keys at cache_index
+        and attends to every cached key whose position is valid (>= 0) and not after the query's."""
+        cfg, dt = self.cfg, x.dtype
+        q = jnp.einsum("bte,ehd->bthd", x, self.q[...].astype(dt))
+        k = jnp.einsum("bte,ekd->btkd", x, self.k[...].astype(dt))
+        v = jnp.einsum("bte,ekd->btkd", x, self.v[...].astype(dt))
+        if self.q_bias is not None:
+            q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
+        if cfg.family == "llama":
+            q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+        mask = None
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
+            key_pos = jax.lax.dynamic_update_slice_in_dim(cache["pos"], positions, cache_index, axis=1)
+            cache = {"k": k, "v": v, "pos": key_pos}
+            mask = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= positions[:, :, None])  # (B,T,S)
+            k, v = k.astype(dt), v.astype(dt)
+        y = attend(q, k, v, mask, cfg.attention)
+        y = jnp.einsum("bthd,hde->bte", y, self.o[...].astype(dt))
+        if self.o_bias is not None:
+            y = y + self.o_bias[...].astype(dt)
+        return y, cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        e, f = cfg.n_embd, cfg.hidden
+        out_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+        self.gated = cfg.family == "llama"
+        self.up = _param(rngs, (e, f), ("embed", "mlp"), 0.02)
+        self.gate = _param(rngs, (e, f), ("embed", "mlp"), 0.02) if self.gated else None
+        self.down = _param(rngs, (f, e), ("mlp", "embed"), out_std)
+        self.up_bias = None if self.gated else _param(None, (f,), ("mlp",), None)
+        self.down_bias = None if self.gated else _param(None, (e,), ("embed",), None)
+
+    def __call__(self, x: Array) -> Array:
+        dt = x.dtype
+        h = x @ self.up[...].astype(dt)
+        if self.gated:
+            h = jax.nn.silu(x @ self.gate[...].astype(dt)) * h
+        else:
+            h = jax.nn.gelu(h + self.up_bias[...].astype(dt), approximate=True)
+        y = h @ self.down[...].astype(dt)
+        return y if self.gated else y + self.down_bias[...].astype(dt)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.norm1 = Norm(cfg)
+        self.attn = Attention(cfg, rngs)
+        self.norm2 = Norm(cfg)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x, positions, cache, cache_index):
+        y, cache = self.attn(self.norm1(x), positions, cache, cache_index)
+        x = x + y
+        return x + self.mlp(self.norm2(x)), cache
+
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.n_embd), ("vocab", "embed"), 0.02)
+        self.pos_embed = (_param(rngs, (cfg.block_size, cfg.n_embd), ("position", "embed"), 0.01)
+                          if cfg.family == "gpt2" else None)
+
+        @nnx.split_rngs(splits=cfg.n_layer)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_blocks(block_rngs):
+            return Block(cfg, block_rngs)
+
+        self.blocks = make_blocks(rngs)
+        self.norm = Norm(cfg)
+        self.head = None if cfg.tie_embeddings else _param(rngs, (cfg.n_embd, cfg.vocab_size), ("embed", "vocab"), 0.02)
+
+    def __call__(self, tokens: Array, positions: Array | None = None, cache: dict | None = None,
+                 cache_index: Array | None = None) -> tuple[Array, dict | None]:
+        """tokens: (B,T) int32 -> logits (B,T,V) float32, and the updated cache (None without one).
+
+        positions default to 0..T-1; decoding passes each row's own positions (-1 marks left padding)."""
+        cfg = self.cfg
+        dt = jnp.dtype(cfg.compute_dtype)
+        b, t = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        x = self.embed[...][tokens]
+        if self.pos_embed is not None:
+            x = x + self.pos_embed[...][jnp.maximum(positions, 0)]
+        x = x.astype(dt)
+
+        graphdef, block_state = nnx.split(self.blocks)
+
+        def layer(x, state_and_cache):
+            state, layer_cache = state_and_cache
+            x, layer_cache = nnx.merge(graphdef, state)(x, positions, layer_cache, cache_index)
+            return x, layer_cache
+
+        if cfg.remat != "none":
+            layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat])
+        if cfg.scan_layers:
+            x, cache = jax.lax.scan(layer, x, (block_state, cache))
+        else:
+            caches = []
+            for i in range(cfg.n_layer):
+                x, layer_cache = layer(x, jax.tree.map(lambda a: a[i], (block_state, cache)))
+                caches.append(layer_cache)
+            cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
+
+        x = self.norm(x)
+        head = self.embed[...].T if self.head is None else self.head[...]
+        logits = jnp.einsum("bte,ev->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
+        return logits, cache
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:
+    """An empty KV cache for `length` positions: k, v (L,B,S,KV,Dh) in the compute dtype; pos (L,B,S) = -1."""
+    shape = (cfg.n_layer, batch, length, cfg.kv_heads, cfg.head_dim)
+    dt = jnp.dtype(cfg.compute_dtype)
+    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt),
+            "pos": jnp.full((cfg.n_layer, batch, length), -1, jnp.int32)}
+
+
+def abstract_model(cfg: ModelConfig) -> Transformer:
+    """The model's structure with ShapeDtypeStruct leaves: no memory allocated."""
+    with nnx.use_eager_sharding(False):
+        return nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+
+
+def count_params(cfg: ModelConfig) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(abstract_model(cfg), nnx.Param)))

@@ -1,0 +1,99 @@
+"""The pure training and evaluation steps, and the sharded train state they act on.
+
+The state is a plain pytree {'params', 'opt_state', 'step'} of arrays: `train_step(state, batch)` returns a new
+state and metrics and touches nothing else, so it is jitted once with explicit shardings and the old state donated.
+A batch is {'inputs': (B,T) int32, 'targets': (B,T) int32} plus an optional 'loss_mask' (B,T) float32 (SFT).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, PartitionSpec as P
+
+from jaxllm import sharding
+from jaxllm.config import Config
+from jaxllm.model import Transformer, abstract_model
+from jaxllm.optim import make_optimizer
+
+
+def token_losses(params: dict, graphdef: nnx.GraphDef, batch: dict) -> jax.Array:
+    """Cross-entropy in nats per target token, (B,T) float32."""
+    logits, _ = nnx.merge(graphdef, params)(batch["inputs"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+
+
+def mean_loss(params: dict, graphdef: nnx.GraphDef, batch: dict) -> jax.Array:
+    losses = token_losses(params, graphdef, batch)
+    if "loss_mask" not in batch:
+        return jnp.mean(losses)
+    mask = batch["loss_mask"]
+    return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """What the steps close over: the model's graph, the optimizer, and the shardings on this mesh."""
+    graphdef: nnx.GraphDef
+    optimizer: optax.GradientTransformation
+    mesh: Mesh
+    state_shardings: dict
+    loss_fn: Callable = mean_loss  # (params, graphdef, batch) -> scalar; DPO/SFT pass their own
+
+    def train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
+        loss, grads = jax.value_and_grad(self.loss_fn)(state["params"], self.graphdef, batch)
+        updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+    def eval_step(self, params: dict, batch: dict, token_bytes: jax.Array) -> dict:
+        """Summed nats over the batch's target tokens, their count, and the UTF-8 bytes they stand for
+        (token_bytes: (vocab,) per-token byte lengths), so several batches add up exactly."""
+        losses = token_losses(params, self.graphdef, batch)
+        return {"nats": jnp.sum(losses), "tokens": jnp.asarray(losses.size, jnp.float32),
+                "bytes": jnp.sum(token_bytes[batch["targets"]]).astype(jnp.float32)}
+
+    def jit_train_step(self):
+        batch_sharding = sharding.batch_sharding(self.mesh)
+        return jax.jit(self.train_step, in_shardings=(self.state_shardings, batch_sharding),
+                       out_shardings=(self.state_shardings, sharding.replicated(self.mesh)), donate_argnums=0)
+
+    def jit_eval_step(self):
+        batch_sharding = sharding.batch_sharding(self.mesh)
+        replicated = sharding.replicated(self.mesh)
+        return jax.jit(self.eval_step, in_shardings=(self.state_shardings["params"], batch_sharding, replicated),
+                       out_shardings=replicated)
+
+
+def make_trainer(cfg: Config, mesh: Mesh, loss_fn: Callable = mean_loss) -> tuple[Trainer, dict]:
+    """The trainer and the abstract state (ShapeDtypeStructs carrying their shardings: a restore target)."""
+    graphdef, abstract_params = nnx.split(abstract_model(cfg.model), nnx.Param)
+    optimizer = make_optimizer(cfg.optim, cfg.train.steps)
+    pspecs = sharding.param_specs(abstract_params)
+    params_shapes = nnx.to_pure_dict(abstract_params)
+    opt_shapes = jax.eval_shape(optimizer.init, params_shapes)
+    # Optimizer moments are shaped like the parameters and take their specs; counters are replicated.
+    opt_specs = optax.tree_map_params(optimizer, lambda _, spec: spec, opt_shapes, pspecs,
+                                      transform_non_params=lambda _: P(), is_leaf=lambda x: isinstance(x, P))
+    specs = {"params": pspecs, "opt_state": opt_specs, "step": P()}
+    shardings = sharding.named(mesh, specs)
+    shapes = {"params": params_shapes, "opt_state": opt_shapes, "step": jax.ShapeDtypeStruct((), jnp.int32)}
+    abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    return Trainer(graphdef, optimizer, mesh, shardings, loss_fn), abstract_state
+
+
+def init_state(cfg: Config, trainer: Trainer) -> dict:
+    """Fresh parameters and optimizer state, created directly in their shards (never whole on one device)."""
+    def create():
+        model = Transformer(cfg.model, nnx.Rngs(cfg.train.seed))
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        return {"params": params, "opt_state": trainer.optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+
+    with nnx.use_eager_sharding(False):
+        return jax.jit(create, out_shardings=trainer.state_shardings)()

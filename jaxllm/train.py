@@ -1,0 +1,215 @@
+"""Pretraining entry point: `python -m jaxllm.train --experiment=base [--section.key=value ...] [--run_dir=PATH]`.
+
+config -> prepared data (cached) -> mesh -> state (restored or fresh) -> loop (log, eval, checkpoint) -> final
+evaluation, loss plot and a sample. Rerunning a finished run says so; rerunning an interrupted one resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+
+from jaxllm.cli import run_main
+from jaxllm.config import Config, ConfigError, parse_cli
+
+
+def _check_run_dir(run_dir: pathlib.Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run_dir={run_dir} is a file, not a directory: choose another path")
+    probe = run_dir if run_dir.exists() else next(p for p in run_dir.parents if p.exists())
+    if not os.access(probe, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError(f"--run_dir={run_dir}: {probe} is not readable and writable by you; choose another path "
+                          "or fix its permissions")
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class MetricsLog:
+    """metrics.jsonl (appended, so a resumed run continues it); written by process 0 only."""
+
+    def __init__(self, path: pathlib.Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def run(cfg: Config, run_dir: pathlib.Path, progress: bool = True) -> dict:
+    """Trains (or resumes) the run in run_dir; returns the final figures:
+    {'step', 'val_loss', 'val_bpb', 'tokens_per_s', 'params', 'checkpoint', 'sample'}."""
+    run_dir = pathlib.Path(run_dir)
+    _check_run_dir(run_dir)
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxllm import checkpoint, sharding, step as step_lib
+    from jaxllm.data import loader
+    from jaxllm.data.prepare import prepare
+    from jaxllm.evaluate_loss import evaluate
+    from jaxllm.generate import SamplingConfig, complete
+    from jaxllm.optim import schedule
+    from jaxllm.perf import peak_flops
+    from jaxllm.plots import plot_loss
+    from jaxllm.scaling import flops_per_token
+
+    is_main = jax.process_index() == 0
+    say = print if (progress and is_main) else (lambda *a, **k: None)
+
+    mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints, read_only=not run_dir.exists())
+    latest = mngr.latest_step() if (run_dir / "checkpoints").is_dir() else None
+    meta = checkpoint.read_meta(mngr, latest) if latest is not None else None
+    if meta is not None:
+        checkpoint.check_compatible(meta["config"], cfg, run_dir)
+        if latest >= cfg.train.steps:
+            say(f"run already complete: {run_dir} holds a checkpoint at step {latest} of {cfg.train.steps}")
+            final = meta.get("final", {})
+            for key in ("val_loss", "val_bpb"):
+                if key in final:
+                    say(f"  {key}: {final[key]:.4f}")
+            say(f"  checkpoint: {run_dir / 'checkpoints' / str(latest)}\n  metrics: {run_dir / 'metrics.jsonl'}")
+            return {**final, "step": latest, "checkpoint": str(run_dir / "checkpoints" / str(latest))}
+
+    say(f"config: {cfg.name}\n{cfg.to_json()}")
+    prepared = prepare(cfg, progress=progress and is_main)
+    tokenizer = prepared.tokenizer
+    if tokenizer.vocab_size != cfg.model.vocab_size:
+        raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
+                          f"{cfg.model.vocab_size}; set --model.vocab_size={tokenizer.vocab_size}")
+    for split, tokens in (("train", prepared.train_tokens), ("val", prepared.val_tokens)):
+        try:
+            loader.check_length(tokens, cfg.model.block_size, split)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    mesh = sharding.make_mesh(cfg)
+    if cfg.train.batch_size % jax.process_count():
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} does not split over {jax.process_count()} "
+                          "processes: use a multiple")
+    trainer, abstract_state = step_lib.make_trainer(cfg, mesh)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        tmp = run_dir / "config.json.tmp"
+        tmp.write_text(cfg.to_json())
+        tmp.replace(run_dir / "config.json")
+    mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints)
+
+    n_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
+    tokens_per_step = cfg.train.batch_size * cfg.model.block_size
+    flops_per_step = flops_per_token(cfg.model) * tokens_per_step
+    peak = (cfg.train.peak_tflops * 1e12 if cfg.train.peak_tflops else peak_flops(cfg.model.compute_dtype)) \
+        * len(jax.devices())
+    say(f"model: {cfg.model.family}, {n_params / 1e6:.2f}M parameters, {cfg.model.n_layer} layers x "
+        f"{cfg.model.n_embd} wide; {tokens_per_step:,} tokens/step; mesh {dict(mesh.shape)}; "
+        f"peak {peak / 1e12:.2f} TFLOP/s for MFU")
+
+    with jax.set_mesh(mesh):
+        if meta is not None:
+            state = checkpoint.restore_state(mngr, latest, abstract_state)
+            say(f"resumed from {run_dir / 'checkpoints' / str(latest)} at step {latest}")
+        else:
+            state = step_lib.init_state(cfg, trainer)
+        start = int(state["step"])
+
+        t0 = time.perf_counter()
+        train_step = trainer.jit_train_step().lower(abstract_state, _batch_shapes(cfg, mesh)).compile()
+        eval_step = trainer.jit_eval_step()
+        say(f"compiled train step in {time.perf_counter() - t0:.1f}s")
+
+        pi, pc = jax.process_index(), jax.process_count()
+        eval_set = [sharding.global_batch(b, mesh) for b in loader.eval_batches(
+            prepared.val_tokens, cfg.model.block_size, cfg.train.batch_size, cfg.train.eval_batches, pi, pc)]
+        token_bytes = jax.device_put(jnp.asarray(tokenizer.token_bytes(), jnp.int32), sharding.replicated(mesh))
+        log = MetricsLog(run_dir / "metrics.jsonl", is_main)
+
+        def batch_for(s):
+            local = loader.train_batch(prepared.train_tokens, cfg.model.block_size, cfg.train.batch_size,
+                                       cfg.train.seed, s, pi, pc)
+            return sharding.global_batch(local, mesh)
+
+        def run_eval(s):
+            result = evaluate(eval_step, state["params"], eval_set, token_bytes)
+            log.write({"step": s, "val_loss": result["val_loss"], "val_bpb": result["val_bpb"]})
+            say(f"eval step {s}: val_loss {result['val_loss']:.4f} | val_bpb {result['val_bpb']:.4f}")
+            return result
+
+        lr_at = schedule(cfg.optim, cfg.train.steps)
+        interval_start, interval_steps, rates = time.perf_counter(), 0, []
+        result = None
+        for s in range(start, cfg.train.steps):
+            state, metrics = train_step(state, batch_for(s))
+            interval_steps += 1
+            done = s + 1
+            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+                loss = float(metrics["loss"])  # waits for the step: the interval's time is real
+                elapsed = time.perf_counter() - interval_start
+                rate = interval_steps * tokens_per_step / elapsed
+                rates.append(rate)
+                mfu = rate / tokens_per_step * flops_per_step / peak
+                eta = (cfg.train.steps - done) * tokens_per_step / rate
+                if not math.isfinite(loss):
+                    raise RuntimeError(f"loss became {loss} at step {done}; lower optim.lr or check the data")
+                log.write({"step": done, "loss": loss, "lr": float(lr_at(s)), "grad_norm": float(metrics["grad_norm"]),
+                           "tokens_per_s": rate, "mfu": mfu})
+                say(f"step {done}/{cfg.train.steps} | loss {loss:.4f} | lr {float(lr_at(s)):.2e} | "
+                    f"{rate:,.0f} tok/s | MFU {100 * mfu:.1f}% | ETA {_format_eta(eta)}")
+                interval_start, interval_steps = time.perf_counter(), 0
+            if done % cfg.train.eval_every == 0 and done != cfg.train.steps:
+                run_eval(done)
+            if done % cfg.train.checkpoint_every == 0 and done != cfg.train.steps:
+                checkpoint.save(mngr, done, state, cfg, tokenizer)
+            if done % cfg.train.log_every == 0:
+                interval_start = time.perf_counter()  # evaluation and checkpoint time are not training time
+
+        result = run_eval(cfg.train.steps)
+        # steady-state rate: the first interval includes warm-up
+        tokens_per_s = float(np.median(rates[1:] if len(rates) > 1 else rates)) if rates else float("nan")
+        final = {"val_loss": result["val_loss"], "val_bpb": result["val_bpb"], "tokens_per_s": tokens_per_s,
+                 "params": int(n_params), "steps": cfg.train.steps}
+        checkpoint.save(mngr, cfg.train.steps, state, cfg, tokenizer, extra={"final": final})
+        mngr.wait_until_finished()
+        mngr.close()
+
+        sample = complete(trainer.graphdef, state["params"], cfg.model, tokenizer.encode, tokenizer.decode,
+                          [cfg.train.sample_prompt], SamplingConfig(max_new_tokens=cfg.train.sample_tokens,
+                                                                    temperature=0.8, seed=cfg.train.seed))[0]
+    if is_main:
+        plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    ckpt = run_dir / "checkpoints" / str(cfg.train.steps)
+    say(f"\nfinal: val_loss {result['val_loss']:.4f} | val_bpb {result['val_bpb']:.4f} | "
+        f"{tokens_per_s:,.0f} tok/s | {n_params / 1e6:.2f}M params")
+    say(f"checkpoint: {ckpt}\nmetrics: {run_dir / 'metrics.jsonl'}\nloss curve: {run_dir / 'loss.png'}")
+    say(f"sample:\n{cfg.train.sample_prompt}{sample}")
+    return {**final, "step": cfg.train.steps, "checkpoint": str(ckpt), "sample": sample}
+
+
+def _batch_shapes(cfg: Config, mesh):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxllm import sharding
+    shape = (cfg.train.batch_size, cfg.model.block_size)
+    s = sharding.batch_sharding(mesh)
+    return {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=s),
+            "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=s)}
+
+
+def main(argv: list[str]) -> int:
+    cfg, flags = parse_cli(argv, allowed_flags=("run_dir",))
+    run_dir = pathlib.Path(flags.get("run_dir") or f"runs/{pathlib.Path(flags.get('experiment', 'base')).stem}")
+    run(cfg, run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
