@@ -125,7 +125,8 @@ def execute(runs: list[Run], out: pathlib.Path, train) -> list[dict]:
 
 
 def fit(records: list[dict]) -> dict:
-    """IsoFLOP minima per budget, power laws N_opt ∝ C^a and D_opt ∝ C^b over them, and L(N, D) over all runs.
+    """IsoFLOP minima per budget, power laws N_opt ∝ C^a and D_opt ∝ C^b over the minima inside their sizes, and
+    L(N, D) over all runs.
     A fit the data cannot support is recorded with its reason instead of its numbers."""
     profiles = []
     for budget in sorted({r["budget"] for r in records}):
@@ -141,14 +142,15 @@ def fit(records: list[dict]) -> dict:
                          "loss_min": loss_min, "parabola_ln_n": coeffs.tolist(),
                          "inside_grid": bool(n.min() <= math.exp(log_n_opt) <= n.max())})
     result = {"isoflop": profiles}
-    good = [p for p in profiles if "n_opt" in p]
+    good = [p for p in profiles if "n_opt" in p and p["inside_grid"]]  # an extrapolated minimum is a guess
     if len(good) >= 2:
         c = np.array([p["budget"] for p in good])
         for key, name in (("n_opt", "params"), ("d_opt", "tokens")):
             exponent, coefficient = power_law(c, np.array([p[key] for p in good]))
             result[f"{name}_law"] = {"exponent": exponent, "coefficient": coefficient}
     else:
-        result["params_law"] = result["tokens_law"] = {"error": f"{len(good)} budget(s) with a minimum; need 2"}
+        result["params_law"] = result["tokens_law"] = {
+            "error": f"{len(good)} budget(s) with a minimum inside their sizes; need 2"}
     try:
         law = fit_loss_law([r["params"] for r in records], [r["tokens"] for r in records],
                            [r["val_loss"] for r in records])
@@ -180,19 +182,23 @@ def plot(records: list[dict], fits: dict, out: pathlib.Path) -> None:
     ax.legend()
     _save(fig, out / "isoflop.png")
 
-    good = [p for p in fits["isoflop"] if "n_opt" in p]
+    good = [p for p in fits["isoflop"] if "n_opt" in p and p["inside_grid"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, law, label in ((axes[0], "n_opt", "params_law", "N_opt (parameters)"),
                                 (axes[1], "d_opt", "tokens_law", "D_opt (tokens)")):
         c = np.array([p["budget"] for p in good])
         ax.plot(c, [p[key] for p in good], "o", label="IsoFLOP minima")
-        if "exponent" in fits[law] and len(c):
+        if "exponent" in fits[law]:
             line = np.geomspace(c.min() / 2, c.max() * 2, 50)
             ax.plot(line, fits[law]["coefficient"] * line ** fits[law]["exponent"], "-",
                     label=f"fit: ∝ C^{fits[law]['exponent']:.2f}")
             chinchilla = [getattr(rule_of_20(x), "n_params" if key == "n_opt" else "n_tokens") for x in line]
             ax.plot(line, chinchilla, "--", color="gray", label="20 tokens/param (Hoffmann et al.)")
-        ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel=label)
+        ax.set(xlabel="compute C (FLOPs)", ylabel=label)
+        if not good:  # log axes with no data make matplotlib raise: say why the panel is empty instead
+            ax.text(0.5, 0.5, "no budget has an IsoFLOP minimum", ha="center", transform=ax.transAxes)
+            continue
+        ax.set(xscale="log", yscale="log")
         ax.grid(alpha=0.3, which="both")
         ax.legend()
     _save(fig, out / "optimal.png")
