@@ -31,7 +31,9 @@ from jaxllm.scaling import (flops_per_token, human, param_count, positive_number
 from jaxllm.scaling_fit import fit_loss_law, isoflop_minimum, power_law
 
 FLAGS = ("budgets", "sizes", "span", "out", "dry_run")
-DEFAULT_BUDGETS = "2e12,5e12,1.2e13"  # about 25 minutes for the base experiment on this 2-core CPU
+# 12 runs for base, 8.6e13 FLOPs: about 20 minutes on this 2-core CPU when nothing else runs (a pilot measured
+# 65 GFLOP/s for the 1-layer model, ~110 for the 4-layer base, and about 8 s per run of compile, eval and saving).
+DEFAULT_BUDGETS = "2e12,5e12,1.2e13"
 DEFAULT_SIZES = 5
 DEFAULT_SPAN = 4.0
 MIN_STEPS = 30  # fewer steps than this and the cosine schedule, not the model size, decides the loss
