@@ -1,4 +1,4 @@
-"""Preparation: sources -> exact dedup -> train/val split -> tokenizer -> token shards, cached by content.
+"""Preparation: sources -> clean and dedup (report.json, report.png) -> train/val split -> tokenizer -> token shards, cached by content.
 
 The prepared directory is `data.cache_dir/<key>`, where the key hashes every setting that shapes the result and a
 fingerprint of the inputs (sizes and modification times), so changed inputs or settings prepare anew and
@@ -22,6 +22,7 @@ import numpy as np
 from jaxllm import tokenizer as tok
 from jaxllm.config import Config, ConfigError
 from jaxllm.data import shards
+from jaxllm.data.pipeline import clean_corpus
 from jaxllm.data.sources import Document, SourceStats, iter_documents, stdlib_root
 
 FORMAT_VERSION = 1  # bump when the layout of a prepared directory changes
@@ -70,29 +71,27 @@ def _say(progress: bool, message: str) -> None:
         print(f"[data] {message}", flush=True)
 
 
-def _collect(cfg: Config, progress: bool) -> tuple[list[Document], list[Document], dict]:
+def _collect(cfg: Config, out: pathlib.Path, progress: bool) -> tuple[list[Document], list[Document], dict]:
     stats = SourceStats()
-    seen: set[str] = set()
+    docs, report = clean_corpus(iter_documents(cfg.data.sources, stats), cfg.data.clean, os.cpu_count() or 1,
+                                progress, source_stats=stats)
+    report.write(out)
+    if progress:
+        report.print_table()
     train, val, records = [], [], []
-    duplicates = 0
-    for doc in iter_documents(cfg.data.sources, stats):
-        digest = _sha(doc.text)
-        if digest in seen or not doc.text:
-            duplicates += 1
-            continue
-        seen.add(digest)
+    for doc in docs:
         held_out = is_validation(doc.id, cfg.data.val_fraction)
         (val if held_out else train).append(doc)
-        records.append({"id": doc.id, "sha256": digest, "bytes": len(doc.text.encode("utf-8")),
+        records.append({"id": doc.id, "sha256": _sha(doc.text), "bytes": len(doc.text.encode("utf-8")),
                         "split": "val" if held_out else "train"})
     if not train or not val:
         raise ConfigError(f"data sources {list(cfg.data.sources)} gave {len(train)} training and {len(val)} held-out "
                           f"documents; both splits need at least one (add documents or change data.val_fraction)")
     summary = {"files_read": stats.files_read, "files_skipped": stats.files_skipped,
-               "skipped_examples": stats.skipped_examples, "exact_duplicates_dropped": duplicates,
+               "skipped_examples": stats.skipped_examples, "cleaning_report": "report.json",
                "documents": records}
     _say(progress, f"{stats.files_read} files read, {stats.files_skipped} skipped (undecodable or unreadable), "
-                   f"{duplicates} exact duplicates dropped: {len(train)} train / {len(val)} held-out documents")
+                   f"cleaning kept {len(docs)} documents: {len(train)} train / {len(val)} held-out")
     return train, val, summary
 
 
@@ -111,7 +110,7 @@ def _tokenizer_lines(docs: list[Document], budget_bytes: int):
 
 def _build(cfg: Config, tmp: pathlib.Path, progress: bool) -> dict:
     t0 = time.perf_counter()
-    train, val, summary = _collect(cfg, progress)
+    train, val, summary = _collect(cfg, tmp, progress)
     t1 = time.perf_counter()
     if cfg.data.tokenizer == "char":
         tokenizer = tok.train_char((d.text for d in train + val), tmp / "tokenizer.json")
