@@ -13,7 +13,8 @@ import re
 from jaxllm.data.pipeline_config import PIIConfig
 
 # Each pattern consumes its first character before looking behind it ("not inside a longer token"): a pattern that
-# starts with a character class lets the regex engine skip ahead in C, about 3x faster on source code.
+# starts with a character class lets the regex engine skip ahead in C (measured on the stdlib: IPv4 0.90 s -> 0.25 s,
+# e-mail 0.80 s -> 0.57 s).
 EMAIL_RE = re.compile(r"[A-Za-z0-9](?<![\w.+-].)[A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}(?![\w-])")
 # Addresses at the reserved example domains (RFC 2606) are placeholders already.
 EXAMPLE_DOMAIN_RE = re.compile(r"@(?:[\w-]+\.)*example\.(?:com|org|net)$", re.IGNORECASE)
