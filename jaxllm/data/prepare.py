@@ -23,7 +23,7 @@ from jaxllm import tokenizer as tok
 from jaxllm.config import Config, ConfigError
 from jaxllm.data import shards
 from jaxllm.data.pipeline import clean_corpus
-from jaxllm.data.sources import Document, SourceStats, iter_documents, stdlib_root
+from jaxllm.data.sources import Document, SourceStats, input_paths, iter_documents, stdlib_root
 
 FORMAT_VERSION = 1  # bump when the layout of a prepared directory changes
 
@@ -47,16 +47,15 @@ def is_validation(doc_id: str, val_fraction: float) -> bool:
 
 
 def _input_fingerprint(sources: tuple[str, ...]) -> list:
-    """Cheap evidence that the inputs are unchanged: interpreter version for the stdlib, size and mtime of files."""
+    """Cheap evidence that the inputs are unchanged: the interpreter for the stdlib, path, size and modification
+    time of every local file a source reads."""
     out = []
     for source in sources:
-        if source == "stdlib":
-            out.append([source, sys.version, str(stdlib_root())])
-        elif source.startswith("file:"):
-            st = os.stat(pathlib.Path(source[5:]).expanduser()) if os.path.exists(source[5:]) else None
-            out.append([source, st and st.st_size, st and st.st_mtime_ns])
-        else:
-            out.append([source])
+        files = []
+        for path in input_paths(source):
+            st = path.stat() if path.exists() else None
+            files.append([str(path), st and st.st_size, st and st.st_mtime_ns])
+        out.append([source, sys.version, str(stdlib_root())] if source.startswith("stdlib") else [source, files])
     return out
 
 

@@ -282,6 +282,20 @@ def _two_parts(kind: str, arg: str, what: str) -> tuple[str, str]:
     return pattern, field
 
 
+def input_paths(source: str) -> list[pathlib.Path]:
+    """The local files a source reads, for noticing changed inputs (the stdlib changes with the interpreter, a
+    TFDS dataset with its version, so neither lists files). A pattern that matches nothing lists nothing here;
+    reading the source reports it."""
+    kind, _, arg = source.partition(":")
+    if kind == "file":
+        return [pathlib.Path(arg).expanduser()]
+    if kind == "dir" and pathlib.Path(arg).expanduser().is_dir():
+        return _walk(pathlib.Path(arg).expanduser(), TEXT_SUFFIXES)
+    if kind in ("jsonl", "parquet") and ":" in arg:
+        return sorted(pathlib.Path(p) for p in glob.glob(os.path.expanduser(arg.rpartition(":")[0]), recursive=True))
+    return []
+
+
 def iter_documents(sources: tuple[str, ...], stats: SourceStats) -> Iterator[Document]:
     """Documents of every source in turn. Raises ConfigError at the end if nothing could be read at all."""
     produced = 0
