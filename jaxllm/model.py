@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxllm import sharding
 from jaxllm.config import ModelConfig
 
 Array = jax.Array
@@ -201,6 +202,7 @@ class Transformer(nnx.Module):
 
         def layer(x, state_and_cache):
             state, layer_cache = state_and_cache
+            x = sharding.constrain(x, ("batch", None, None))
             x, layer_cache = nnx.merge(graphdef, state)(x, positions, layer_cache, cache_index)
             return x, layer_cache
 

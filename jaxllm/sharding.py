@@ -87,6 +87,14 @@ def param_specs(abstract_params: nnx.State) -> dict:
     return nnx.to_pure_dict(jax.tree.map(spec, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
 
 
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    """Pins an activation's layout by logical names, for the few places where XLA's partitioner would otherwise
+    pick a costly one; a no-op outside `jax.set_mesh`, so single-device code never sees a mesh."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names))
+
+
 def named(mesh: Mesh, specs):
     """PartitionSpecs -> NamedShardings on this mesh (same tree structure)."""
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
@@ -100,7 +108,30 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assembles each process's rows into global arrays sharded over the batch axes (works on one host too)."""
+def batch_block(mesh: Mesh, batch_size: int) -> tuple[int, int]:
+    """(index, count): this process loads block `index` of the global batch cut into `count` equal blocks of rows,
+    the rows its own devices hold under the batch sharding; pass them to the loader as its process index and count.
+
+    count equals the process count when the batch axes span the processes, and is smaller when processes share
+    rows (e.g. tensor parallelism across hosts: every process loads the whole batch)."""
+    indices = batch_sharding(mesh).addressable_devices_indices_map((batch_size, 1)).values()
+    rows = sorted({r for index in indices for r in range(*index[0].indices(batch_size))})
+    size = len(rows)
+    if rows != list(range(rows[0], rows[0] + size)) or rows[0] % size or batch_size % size:
+        raise ConfigError(f"process {jax.process_index()} holds batch rows {rows[0]}..{rows[-1]} of {batch_size} "
+                          f"not as one aligned block (mesh {dict(mesh.shape)}): put the axes that span hosts first, "
+                          "e.g. grow mesh.data")
+    return rows[0] // size, batch_size // size
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh, batch_size: int) -> dict[str, jax.Array]:
+    """Assembles this process's block of rows (see batch_block) into global (batch_size, ...) arrays sharded over
+    the batch axes; on one process the block is the whole batch."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+    return {k: jax.make_array_from_process_local_data(sharding, v, (batch_size, *v.shape[1:]))
+            for k, v in local.items()}
+
+
+def bytes_per_device(abstract_tree) -> int:
+    """Bytes one device holds of a tree of ShapeDtypeStructs (or arrays) carrying shardings: each leaf's shard."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(abstract_tree))

@@ -93,10 +93,15 @@ def run(cfg: Config, run_dir: pathlib.Path, progress: bool = True) -> dict:
             raise ConfigError(str(e)) from None
 
     mesh = sharding.make_mesh(cfg)
-    if cfg.train.batch_size % jax.process_count():
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} does not split over {jax.process_count()} "
-                          "processes: use a multiple")
+    block, blocks = sharding.batch_block(mesh, cfg.train.batch_size)  # this process's rows of each batch
     trainer, abstract_state = step_lib.make_trainer(cfg, mesh)
+    with jax.set_mesh(mesh):
+        t0 = time.perf_counter()
+        train_step = trainer.jit_train_step().lower(abstract_state, _batch_shapes(cfg, mesh)).compile()
+        say(f"compiled train step in {time.perf_counter() - t0:.1f}s")
+    say(_memory_plan(abstract_state, train_step))
+    if cfg.train.compile_only:
+        return {"step": 0, "params": sum(x.size for x in jax.tree.leaves(abstract_state["params"]))}
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_main:
         tmp = run_dir / "config.json.tmp"
@@ -120,22 +125,17 @@ def run(cfg: Config, run_dir: pathlib.Path, progress: bool = True) -> dict:
         else:
             state = step_lib.init_state(cfg, trainer)
         start = int(state["step"])
-
-        t0 = time.perf_counter()
-        train_step = trainer.jit_train_step().lower(abstract_state, _batch_shapes(cfg, mesh)).compile()
         eval_step = trainer.jit_eval_step()
-        say(f"compiled train step in {time.perf_counter() - t0:.1f}s")
 
-        pi, pc = jax.process_index(), jax.process_count()
-        eval_set = [sharding.global_batch(b, mesh) for b in loader.eval_batches(
-            prepared.val_tokens, cfg.model.block_size, cfg.train.batch_size, cfg.train.eval_batches, pi, pc)]
+        eval_set = [sharding.global_batch(b, mesh, cfg.train.batch_size) for b in loader.eval_batches(
+            prepared.val_tokens, cfg.model.block_size, cfg.train.batch_size, cfg.train.eval_batches, block, blocks)]
         token_bytes = jax.device_put(jnp.asarray(tokenizer.token_bytes(), jnp.int32), sharding.replicated(mesh))
         log = MetricsLog(run_dir / "metrics.jsonl", is_main)
 
         def batch_for(s):
             local = loader.train_batch(prepared.train_tokens, cfg.model.block_size, cfg.train.batch_size,
-                                       cfg.train.seed, s, pi, pc)
-            return sharding.global_batch(local, mesh)
+                                       cfg.train.seed, s, block, blocks)
+            return sharding.global_batch(local, mesh, cfg.train.batch_size)
 
         def run_eval(s):
             result = evaluate(eval_step, state["params"], eval_set, token_bytes)
@@ -193,6 +193,19 @@ def run(cfg: Config, run_dir: pathlib.Path, progress: bool = True) -> dict:
     return {**final, "step": cfg.train.steps, "checkpoint": str(ckpt), "sample": sample}
 
 
+def _memory_plan(abstract_state: dict, compiled) -> str:
+    """Per-device bytes: parameters and optimizer state from their shardings, temporaries from the compiled step's
+    memory analysis (absent on backends that do not report one)."""
+    from jaxllm import sharding
+    mib = 2 ** 20
+    params = sharding.bytes_per_device(abstract_state["params"])
+    opt = sharding.bytes_per_device(abstract_state["opt_state"])
+    analysis = compiled.memory_analysis()
+    temps = f"{analysis.temp_size_in_bytes / mib:.2f} MiB" if analysis is not None else "not reported"
+    return (f"memory per device: parameters {params / mib:.2f} MiB | optimizer state {opt / mib:.2f} MiB | "
+            f"step temporaries {temps}")
+
+
 def _batch_shapes(cfg: Config, mesh):
     import jax
     import jax.numpy as jnp
@@ -207,6 +220,8 @@ def _batch_shapes(cfg: Config, mesh):
 def main(argv: list[str]) -> int:
     cfg, flags = parse_cli(argv, allowed_flags=("run_dir",))
     run_dir = pathlib.Path(flags.get("run_dir") or f"runs/{pathlib.Path(flags.get('experiment', 'base')).stem}")
+    from jaxllm import distributed
+    distributed.initialize(cfg.distributed)
     run(cfg, run_dir)
     return 0
 
