@@ -104,6 +104,7 @@ class TrainConfig:
     sample_prompt: str = "def "
     sample_tokens: int = 80
     compile_only: bool = False
+    init_from: str = ""  # 'hf:DIR': start from a Hugging Face checkpoint's parameters (fine-tuning)
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ def validate(cfg: Config) -> Config:
         (cfg.data.tokenizer in ("bpe", "char"), f"data.tokenizer={cfg.data.tokenizer!r}: use bpe or char"),
         (0 < cfg.data.val_fraction < 1, f"data.val_fraction={cfg.data.val_fraction}: must be between 0 and 1"),
         (len(cfg.data.sources) >= 1, "data.sources is empty: name at least one source, e.g. '[\"stdlib\"]'"),
+        (t.init_from == "" or t.init_from.startswith("hf:"),
+         f"train.init_from={t.init_from!r}: use hf:DIR (a transformers save_pretrained directory) or leave it empty"),
         (t.steps >= 1, f"train.steps={t.steps}: must be at least 1"),
         (t.batch_size >= 1, f"train.batch_size={t.batch_size}: must be at least 1"),
         (t.log_every >= 1 and t.eval_every >= 1 and t.checkpoint_every >= 1,

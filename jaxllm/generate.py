@@ -3,12 +3,19 @@
 The prefill and the decode step are each compiled once per (batch, cache length) shape; the decode step writes
 one new key/value per layer into the preallocated cache and never recomputes past tokens. Sampling: temperature,
 top-k and top-p (nucleus) with a seed; temperature 0 is greedy.
+
+CLI: `python -m jaxllm.generate --run_dir=runs/base --prompt="def fibonacci(n):" [--max_new_tokens=200]
+[--temperature=0.8] [--top_k=0] [--top_p=0.95] [--seed=0] [--step=N]`: one prompt streams its continuation as it
+is sampled; several (`--prompt` repeated) are decoded as one left-padded batch and printed when done.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
+import pathlib
+import sys
 from typing import Callable, Iterator
 
 import jax
@@ -16,9 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxllm.config import ModelConfig
-from jaxllm.model import init_cache
-from jaxllm.tokenizer import BOS, EOS
+from jaxllm import checkpoint
+from jaxllm.cli import run_main
+from jaxllm.config import Config, ConfigError, ModelConfig, config_from_dict
+from jaxllm.model import abstract_model, init_cache
+from jaxllm.tokenizer import BOS, EOS, Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,3 +116,90 @@ def complete(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, encode: Cal
                 if not stopped[i]:
                     outputs[i].append(int(t))
     return [decode(o) for o in outputs]
+
+
+def stream(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, tokenizer: Tokenizer, prompt: str,
+           sampling: SamplingConfig) -> Iterator[str]:
+    """One prompt's continuation as text pieces, yielded as soon as they decode to whole characters."""
+    ids: list[int] = []
+    shown = ""
+    for step_tokens in generate_tokens(graphdef, params, cfg, [[BOS] + tokenizer.encode(prompt)], sampling):
+        token = int(step_tokens[0])
+        if token in (EOS, BOS):
+            break
+        ids.append(token)
+        # decode everything so far: a piece alone can be half a UTF-8 character (byte fallback) or lose its space
+        text = tokenizer.decode(ids)
+        if not text.endswith("\ufffd") and len(text) > len(shown):
+            yield text[len(shown):]
+            shown = text
+    text = tokenizer.decode(ids)
+    if len(text) > len(shown):
+        yield text[len(shown):]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+    cfg: Config
+    graphdef: nnx.GraphDef
+    params: dict  # pure dict of float32 arrays on the first device
+    tokenizer: Tokenizer
+    step: int
+
+
+def load_run(run_dir: pathlib.Path, step: int | None = None) -> LoadedRun:
+    """The parameters, config and tokenizer of a run's checkpoint (the latest unless `step` is given)."""
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "checkpoints").is_dir():
+        raise ConfigError(f"--run_dir={run_dir} holds no checkpoints: train first (python -m jaxllm.train "
+                          f"--run_dir={run_dir}) or import one (python -m jaxllm.hf import --run_dir={run_dir})")
+    mngr = checkpoint.manager(run_dir, read_only=True)
+    steps = mngr.all_steps()
+    step = max(steps) if step is None and steps else step
+    if step not in steps:
+        raise ConfigError(f"--step={step}: {run_dir} has checkpoints at steps {sorted(steps)}; pick one of them")
+    meta = checkpoint.read_meta(mngr, step)
+    cfg = config_from_dict(meta["config"])
+    graphdef, abstract_params = nnx.split(abstract_model(cfg.model), nnx.Param)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                          nnx.to_pure_dict(abstract_params))
+    params = checkpoint.restore_params(mngr, step, target)
+    mngr.close()
+    return LoadedRun(cfg, graphdef, params, checkpoint.tokenizer_from_meta(meta, run_dir), step)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxllm.generate", description=__doc__.split("\n")[0])
+    parser.add_argument("--run_dir", required=True)
+    parser.add_argument("--prompt", action="append", help="repeat for a batch of prompts")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    for f in dataclasses.fields(SamplingConfig):
+        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+    args = parser.parse_args(argv)
+    sampling = SamplingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)})
+    if sampling.temperature < 0 or sampling.top_k < 0 or not 0 < sampling.top_p <= 1:
+        raise ConfigError(f"--temperature={sampling.temperature}, --top_k={sampling.top_k}, --top_p={sampling.top_p}:"
+                          " need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+    run = load_run(pathlib.Path(args.run_dir), args.step)
+    prompts = args.prompt or [""]
+    try:
+        for prompt in prompts:
+            run.tokenizer.encode(prompt)
+    except ValueError as e:
+        raise ConfigError(f"--prompt: {e}") from None
+    if len(prompts) == 1:
+        print(prompts[0], end="", flush=True)
+        for piece in stream(run.graphdef, run.params, run.cfg.model, run.tokenizer, prompts[0], sampling):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    completions = complete(run.graphdef, run.params, run.cfg.model, run.tokenizer.encode, run.tokenizer.decode,
+                           prompts, sampling)
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        print(f"--- {i}\n{prompt}{completion}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -124,6 +124,11 @@ def run(cfg: Config, run_dir: pathlib.Path, progress: bool = True) -> dict:
             say(f"resumed from {run_dir / 'checkpoints' / str(latest)} at step {latest}")
         else:
             state = step_lib.init_state(cfg, trainer)
+            if cfg.train.init_from:  # fine-tuning: the optimizer starts fresh, the parameters come from DIR
+                from jaxllm.hf import init_params
+                state["params"] = jax.device_put(init_params(cfg.train.init_from, cfg.model),
+                                                 trainer.state_shardings["params"])
+                say(f"parameters from {cfg.train.init_from}")
         start = int(state["step"])
         eval_step = trainer.jit_eval_step()
 

@@ -1,0 +1,100 @@
+"""Sampling and the generate / hf command lines: greedy equivalences, one compilation per shape, streaming, and
+a trained run that goes out to transformers and back in."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxllm import generate, hf
+from jaxllm.cli import run_main
+from jaxllm.config import ModelConfig, replace
+from jaxllm.model import Transformer
+from jaxllm.train import run
+from tests.conftest import tiny_config
+
+CFG = ModelConfig(family="llama", vocab_size=64, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+
+
+def split_model(cfg: ModelConfig = CFG):
+    with nnx.use_eager_sharding(False):
+        return nnx.split(Transformer(cfg, nnx.Rngs(0)), nnx.Param)
+
+
+def test_top_k_1_equals_greedy_whatever_the_temperature_and_seed():
+    logits = jax.random.normal(jax.random.key(0), (8, 64)) * 3
+    greedy = generate.sample_logits(logits, jax.random.key(0), 0.0, 0, 1.0)
+    for seed, temperature in ((1, 0.7), (2, 1.5), (3, 5.0)):
+        sampled = generate.sample_logits(logits, jax.random.key(seed), temperature, 1, 1.0)
+        np.testing.assert_array_equal(sampled, greedy)
+    # a nucleus smaller than any single token's mass keeps only the top token too
+    np.testing.assert_array_equal(generate.sample_logits(logits, jax.random.key(4), 1.0, 0, 1e-6), greedy)
+
+
+def test_batched_prompts_of_different_lengths_decode_as_they_would_alone_with_one_compilation():
+    graphdef, params = split_model()
+    prompts = [[2, 10, 11, 12, 13, 14], [2, 20], [2, 30, 31, 32]]
+    sampling = generate.SamplingConfig(max_new_tokens=6, temperature=0.0)
+    stop = ()  # random weights: never stop early, so every row runs the whole budget
+    batched = np.stack(list(generate.generate_tokens(graphdef, params, CFG, prompts, sampling, stop)), axis=1)
+    compiled = generate._decode._cache_size()
+    for row, prompt in zip(batched, prompts):
+        alone = np.stack(list(generate.generate_tokens(graphdef, params, CFG, [prompt], sampling, stop)), axis=1)
+        np.testing.assert_array_equal(row, alone[0])
+    # the batch compiled the decode step once for its shape; each single prompt added one shape (B=1, its length)
+    assert compiled == 1
+    # a full-forward greedy rollout agrees with the cached decoding
+    model = nnx.merge(graphdef, params)
+    tokens = list(prompts[0])
+    for _ in range(6):
+        logits, _ = model(jnp.asarray([tokens]))
+        tokens.append(int(jnp.argmax(logits[0, -1])))
+    assert tokens[len(prompts[0]):] == batched[0].tolist()
+
+
+@pytest.mark.slow
+def test_train_generate_export_import_and_fine_tune(tiny_corpus, tmp_path, capsys):
+    cfg = tiny_config(tiny_corpus, tmp_path / "cache", steps=4)
+    cfg = replace(cfg, model=replace(cfg.model, family="llama", n_kv_head=1, tie_embeddings=False))
+    run(cfg, tmp_path / "run", progress=False)
+
+    argv = [f"--run_dir={tmp_path / 'run'}", "--prompt=def f(x):", "--max_new_tokens=12", "--temperature=0"]
+    assert run_main(generate.main, argv) == 0
+    streamed = capsys.readouterr().out
+    loaded = generate.load_run(tmp_path / "run")
+    expected = generate.complete(loaded.graphdef, loaded.params, loaded.cfg.model, loaded.tokenizer.encode,
+                                 loaded.tokenizer.decode, ["def f(x):"],
+                                 generate.SamplingConfig(max_new_tokens=12, temperature=0.0))[0]
+    assert streamed == "def f(x):" + expected + "\n"
+
+    assert run_main(hf.main, ["export", f"--run_dir={tmp_path / 'run'}", f"--out={tmp_path / 'hf'}"]) == 0
+    assert {"config.json", "model.safetensors", "tokenizer.model", "jaxllm.json"} <= {
+        p.name for p in (tmp_path / "hf").iterdir()}
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert run_main(hf.main, ["import", f"--hf_dir={tmp_path / 'hf'}", f"--run_dir={tmp_path / 'imported'}"]) == 0
+    capsys.readouterr()
+    assert run_main(generate.main, [*argv[1:], f"--run_dir={tmp_path / 'imported'}"]) == 0
+    assert capsys.readouterr().out == streamed
+    imported = generate.load_run(tmp_path / "imported")
+    assert imported.cfg == cfg and imported.step == 0
+    for a, b in zip(jax.tree.leaves(imported.params), jax.tree.leaves(loaded.params)):
+        np.testing.assert_array_equal(a, b)
+
+    fine_tune = replace(cfg, train=replace(cfg.train, steps=2, init_from=f"hf:{tmp_path / 'hf'}"))
+    first_loss = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    run(fine_tune, tmp_path / "tuned", progress=False)
+    tuned_loss = json.loads((tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert tuned_loss < first_loss  # starts where the trained run ended, not from scratch
+
+    bad = replace(fine_tune, model=replace(cfg.model, n_layer=3))
+    with pytest.raises(hf.ConfigError, match="n_layer=2"):
+        run(bad, tmp_path / "bad", progress=False)
+
+
+def test_generate_cli_names_the_missing_run(tmp_path, capsys):
+    assert run_main(generate.main, [f"--run_dir={tmp_path / 'nothing'}", "--prompt=x"]) == 2
+    assert "holds no checkpoints" in capsys.readouterr().err
