@@ -39,7 +39,7 @@ def _trainer(lr=1e-2, steps=60):
 def test_initial_loss_is_close_to_uniform():
     cfg, mesh, trainer, state = _trainer()
     tokens = np.random.default_rng(0).integers(0, 256, (4, 17)).astype(np.int32)
-    batch = sharding.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh)
+    batch = sharding.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh, 4)
     _, metrics = trainer.jit_train_step()(state, batch)
     assert abs(float(metrics["loss"]) - np.log(256)) < 0.05
 
@@ -47,7 +47,7 @@ def test_initial_loss_is_close_to_uniform():
 def test_overfits_one_batch_and_step_is_pure():
     cfg, mesh, trainer, state = _trainer()
     tokens = np.random.default_rng(0).integers(0, 256, (4, 17)).astype(np.int32)
-    batch = sharding.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh)
+    batch = sharding.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh, 4)
     train_step = jax.jit(trainer.train_step)  # not donating: the same state is stepped twice below
     again_state, again_metrics = train_step(state, batch)
     first_state, first_metrics = train_step(state, batch)
