@@ -161,6 +161,13 @@ class Block(nnx.Module):
         return x + self.mlp(self.norm2(x)), cache
 
 
+def _lookup(table: Array, row_axis: str, ids: Array) -> Array:
+    """table[ids] -> (B,T,E). ZeRO-3 gathers the table's embed shards before the lookup: without these two
+    constraints XLA turns the embed-sharded result into a batch-sharded one by rematerialising it whole."""
+    table = sharding.constrain(table, (row_axis, None))
+    return sharding.constrain(table[ids], ("batch", None, None))
+
+
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -193,9 +200,9 @@ class Transformer(nnx.Module):
         b, t = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        x = self.embed[...][tokens]
+        x = _lookup(self.embed[...], "vocab", tokens)
         if self.pos_embed is not None:
-            x = x + self.pos_embed[...][jnp.maximum(positions, 0)]
+            x = x + _lookup(self.pos_embed[...], "position", jnp.maximum(positions, 0))
         x = x.astype(dt)
 
         graphdef, block_state = nnx.split(self.blocks)
