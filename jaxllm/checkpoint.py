@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxllm import tokenizer as tok
-from jaxllm.config import Config, ConfigError, config_from_dict, diff
+from jaxllm.config import Config, ConfigError, ModelConfig, config_from_dict, diff
 
 
 def manager(run_dir: pathlib.Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
@@ -52,6 +52,24 @@ def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params) -> d
     return restored["state"]["params"]
 
 
+def restore_latest_params(run_dir: pathlib.Path, model: ModelConfig, abstract_params) -> dict:
+    """The parameters of run_dir's latest checkpoint onto abstract_params' shardings (train.init_from=RUN_DIR);
+    refuses a checkpoint of another model shape, naming the fields that differ."""
+    run_dir = pathlib.Path(run_dir)
+    mngr = manager(run_dir, read_only=True) if (run_dir / "checkpoints").is_dir() else None
+    step = mngr.latest_step() if mngr else None
+    if step is None:
+        raise ConfigError(f"train.init_from={run_dir} holds no checkpoint: train that run first or fix the path")
+    saved = config_from_dict(read_meta(mngr, step)["config"]).model
+    differing = [k for k in diff(saved, model, "model.") if not _resumable(k)]
+    if differing:
+        raise ConfigError(f"train.init_from={run_dir} holds a different model ({', '.join(differing)} differ); "
+                          "use the same --model.* settings")
+    params = restore_params(mngr, step, abstract_params)
+    mngr.close()
+    return params
+
+
 def tokenizer_from_meta(meta: dict, directory: pathlib.Path) -> tok.Tokenizer:
     """Writes the checkpoint's tokenizer file into `directory` (if not already there) and loads it."""
     path = pathlib.Path(directory) / meta["tokenizer_name"]
@@ -70,10 +88,13 @@ RESUMABLE_FIELDS = ("name", "train.steps", "train.log_every", "train.eval_every"
                     "model.remat", "model.attention", "model.scan_layers", "model.compute_dtype")
 
 
+def _resumable(key: str) -> bool:
+    return any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE_FIELDS)
+
+
 def check_compatible(saved: dict, cfg: Config, run_dir: pathlib.Path) -> None:
     """Refuses to resume a run whose checkpoint was made with a different model, data or optimizer."""
-    differing = [k for k in diff(config_from_dict(saved), cfg)
-                 if not any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUMABLE_FIELDS)]
+    differing = [k for k in diff(config_from_dict(saved), cfg) if not _resumable(k)]
     if differing:
         raise ConfigError(f"{run_dir} holds a checkpoint of a different config ({', '.join(differing)} differ); "
                           f"use another --run_dir or the same settings")

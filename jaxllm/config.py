@@ -104,7 +104,17 @@ class TrainConfig:
     sample_prompt: str = "def "
     sample_tokens: int = 80
     compile_only: bool = False
-    init_from: str = ""  # 'hf:DIR': start from a Hugging Face checkpoint's parameters (fine-tuning)
+    init_from: str = ""  # starting parameters (fine-tuning): 'hf:DIR' (Hugging Face) or a run directory (latest)
+
+
+@dataclass(frozen=True)
+class PosttrainConfig:
+    stage: str = ""  # '' pretraining | 'sft' (python -m jaxllm.sft) | 'dpo' (python -m jaxllm.dpo)
+    conversations: tuple[str, ...] = ("stdlib",)  # SFT data: 'stdlib' (embedded tasks) or JSONL paths or globs
+    preferences: tuple[str, ...] = ("stdlib",)  # DPO pairs, same forms
+    val_fraction: float = 0.15  # held out by module (stdlib: same hash as data.val_fraction) or by line (JSONL)
+    seq_len: int = 128  # tokens per row, one conversation a row, right-padded; longer conversations are left out
+    beta: float = 0.1  # DPO: how strongly the policy is held near the reference (the starting checkpoint)
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,7 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    posttrain: PosttrainConfig = field(default_factory=PosttrainConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -134,7 +145,7 @@ class Config:
 
 def validate(cfg: Config) -> Config:
     """Checks that do not need devices or data; raises ConfigError naming the bad value and the fix."""
-    m, t, o = cfg.model, cfg.train, cfg.optim
+    m, t, o, pt = cfg.model, cfg.train, cfg.optim, cfg.posttrain
     checks = [
         (m.family in ("gpt2", "llama"), f"model.family={m.family!r}: use 'gpt2' or 'llama'"),
         (m.n_layer >= 1, f"model.n_layer={m.n_layer}: needs at least 1 layer"),
@@ -153,8 +164,14 @@ def validate(cfg: Config) -> Config:
         (cfg.data.tokenizer in ("bpe", "char"), f"data.tokenizer={cfg.data.tokenizer!r}: use bpe or char"),
         (0 < cfg.data.val_fraction < 1, f"data.val_fraction={cfg.data.val_fraction}: must be between 0 and 1"),
         (len(cfg.data.sources) >= 1, "data.sources is empty: name at least one source, e.g. '[\"stdlib\"]'"),
-        (t.init_from == "" or t.init_from.startswith("hf:"),
-         f"train.init_from={t.init_from!r}: use hf:DIR (a transformers save_pretrained directory) or leave it empty"),
+        (pt.stage in ("", "sft", "dpo"), f"posttrain.stage={pt.stage!r}: use '' (pretraining), 'sft' or 'dpo'"),
+        (pt.stage == "" or (t.init_from != "" and not t.init_from.startswith("hf:")),
+         f"posttrain.stage={pt.stage!r} needs train.init_from=RUN_DIR, the run it starts from (got "
+         f"{t.init_from!r}); import a Hugging Face model first with python -m jaxllm.hf import"),
+        (pt.stage == "" or 2 <= pt.seq_len <= m.block_size,
+         f"posttrain.seq_len={pt.seq_len}: must be in [2, model.block_size={m.block_size}]"),
+        (0 < pt.val_fraction < 1, f"posttrain.val_fraction={pt.val_fraction}: must be between 0 and 1"),
+        (pt.beta > 0, f"posttrain.beta={pt.beta}: must be positive"),
         (t.steps >= 1, f"train.steps={t.steps}: must be at least 1"),
         (t.batch_size >= 1, f"train.batch_size={t.batch_size}: must be at least 1"),
         (t.log_every >= 1 and t.eval_every >= 1 and t.checkpoint_every >= 1,

@@ -104,28 +104,37 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
         position = position + 1
 
 
+def _prompt_ids(prompt: str | list[int], encode: Callable) -> list[int]:
+    """A text prompt starts a document (<bos>); token ids (e.g. a rendered chat) are used as they are."""
+    return [BOS] + encode(prompt) if isinstance(prompt, str) else prompt
+
+
 def complete(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, encode: Callable, decode: Callable,
-             prompts: list[str], sampling: SamplingConfig) -> list[str]:
-    """Text in, text out: each prompt's continuation up to its first stop token."""
+             prompts: list[str] | list[list[int]], sampling: SamplingConfig,
+             stop_ids: tuple[int, ...] = (EOS, BOS)) -> list[str]:
+    """Text (or token ids) in, text out: each prompt's continuation up to its first stop token."""
     outputs: list[list[int]] = [[] for _ in prompts]
     stopped = [False] * len(prompts)
-    for step_tokens in generate_tokens(graphdef, params, cfg, [[BOS] + encode(p) for p in prompts], sampling):
+    for step_tokens in generate_tokens(graphdef, params, cfg, [_prompt_ids(p, encode) for p in prompts], sampling,
+                                       stop_ids):
         for i, t in enumerate(step_tokens):
             if not stopped[i]:
-                stopped[i] = int(t) in (EOS, BOS)
+                stopped[i] = int(t) in stop_ids
                 if not stopped[i]:
                     outputs[i].append(int(t))
     return [decode(o) for o in outputs]
 
 
-def stream(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, tokenizer: Tokenizer, prompt: str,
-           sampling: SamplingConfig) -> Iterator[str]:
-    """One prompt's continuation as text pieces, yielded as soon as they decode to whole characters."""
+def stream(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, tokenizer: Tokenizer, prompt: str | list[int],
+           sampling: SamplingConfig, stop_ids: tuple[int, ...] = (EOS, BOS)) -> Iterator[str]:
+    """One prompt's (text or token ids) continuation as text pieces, yielded as soon as they decode to whole
+    characters, up to its first stop token."""
     ids: list[int] = []
     shown = ""
-    for step_tokens in generate_tokens(graphdef, params, cfg, [[BOS] + tokenizer.encode(prompt)], sampling):
+    for step_tokens in generate_tokens(graphdef, params, cfg, [_prompt_ids(prompt, tokenizer.encode)], sampling,
+                                       stop_ids):
         token = int(step_tokens[0])
-        if token in (EOS, BOS):
+        if token in stop_ids:
             break
         ids.append(token)
         # decode everything so far: a piece alone can be half a UTF-8 character (byte fallback) or lose its space

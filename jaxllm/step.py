@@ -2,7 +2,8 @@
 
 The state is a plain pytree {'params', 'opt_state', 'step'} of arrays: `train_step(state, batch)` returns a new
 state and metrics and touches nothing else, so it is jitted once with explicit shardings and the old state donated.
-A batch is {'inputs': (B,T) int32, 'targets': (B,T) int32} plus an optional 'loss_mask' (B,T) float32 (SFT).
+A batch is {'inputs': (B,T) int32, 'targets': (B,T) int32} plus an optional 'loss_mask' (B,T) float32 (SFT);
+other stages add their own (B,T) leaves and bring a loss_fn that reads them (DPO).
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ def token_losses(params: dict, graphdef: nnx.GraphDef, batch: dict) -> jax.Array
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
 
 
-def mean_loss(params: dict, graphdef: nnx.GraphDef, batch: dict) -> jax.Array:
+def mean_loss(params: dict, graphdef: nnx.GraphDef, batch: dict) -> tuple[jax.Array, dict]:
+    """Mean nats over the target tokens the batch's loss_mask keeps (all without one), and no extra metrics."""
     losses = token_losses(params, graphdef, batch)
     if "loss_mask" not in batch:
-        return jnp.mean(losses)
+        return jnp.mean(losses), {}
     mask = batch["loss_mask"]
-    return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0), {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,21 +45,22 @@ class Trainer:
     optimizer: optax.GradientTransformation
     mesh: Mesh
     state_shardings: dict
-    loss_fn: Callable = mean_loss  # (params, graphdef, batch) -> scalar; DPO/SFT pass their own
+    loss_fn: Callable = mean_loss  # (params, graphdef, batch) -> (scalar, {name: scalar}); DPO passes its own
 
     def train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
-        loss, grads = jax.value_and_grad(self.loss_fn)(state["params"], self.graphdef, batch)
+        (loss, extra), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(state["params"], self.graphdef, batch)
         updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **extra}
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     def eval_step(self, params: dict, batch: dict, token_bytes: jax.Array) -> dict:
-        """Summed nats over the batch's target tokens, their count, and the UTF-8 bytes they stand for
-        (token_bytes: (vocab,) per-token byte lengths), so several batches add up exactly."""
+        """Summed nats over the batch's target tokens (those its loss_mask keeps, if it has one), their count, and
+        the UTF-8 bytes they stand for (token_bytes: (vocab,) per-token byte lengths), so batches add up exactly."""
         losses = token_losses(params, self.graphdef, batch)
-        return {"nats": jnp.sum(losses), "tokens": jnp.asarray(losses.size, jnp.float32),
-                "bytes": jnp.sum(token_bytes[batch["targets"]]).astype(jnp.float32)}
+        mask = batch.get("loss_mask", jnp.ones_like(losses))
+        return {"nats": jnp.sum(losses * mask), "tokens": jnp.sum(mask),
+                "bytes": jnp.sum(token_bytes[batch["targets"]] * mask)}
 
     def jit_train_step(self):
         batch_sharding = sharding.batch_sharding(self.mesh)

@@ -1,0 +1,1 @@
+"""Post-training: the chat template, chat and preference data, SFT and DPO stages (run by jaxllm.train.run)."""

@@ -1,0 +1,106 @@
+"""What the SFT and DPO stages share: the run they start from, conversations as padded rows, batches as a pure
+function of the step, the chat sample shown at the end, and the command line.
+
+Both hand a `jaxllm.train.Stage` to `jaxllm.train.run`, so the mesh, the jitted step, checkpoints, resume and
+logging are pretraining's own. The model and data settings (and so the tokenizer) come from the starting run's
+checkpoint (`train.init_from`): an experiment names the run it starts from, not its shape.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Callable
+
+import numpy as np
+
+from jaxllm import checkpoint, sharding
+from jaxllm.config import Config, ConfigError, config_from_dict, replace, validate
+from jaxllm.posttrain.chat_template import STOP_IDS, render, reply_prompt, training_row
+from jaxllm.tokenizer import Tokenizer
+
+
+def _starting_meta(cfg: Config) -> dict:
+    run_dir = pathlib.Path(cfg.train.init_from)
+    if not (run_dir / "checkpoints").is_dir():
+        raise ConfigError(f"train.init_from={run_dir} holds no checkpoint: run the stage before this one first "
+                          "(base: python -m jaxllm.train --experiment=base; SFT: python -m jaxllm.sft "
+                          "--experiment=base_sft) or pass --train.init_from=RUN_DIR")
+    mngr = checkpoint.manager(run_dir, read_only=True)
+    meta = checkpoint.read_meta(mngr)
+    mngr.close()
+    return meta
+
+
+def start_config(cfg: Config, stage: str) -> Config:
+    """cfg with the model and data settings of the run it starts from; refuses an experiment of another stage
+    (stage: the command's, '' for jaxllm.train)."""
+    if cfg.posttrain.stage != stage:
+        command = f"jaxllm.{cfg.posttrain.stage or 'train'}"
+        raise ConfigError(f"experiment {cfg.name!r} has posttrain.stage={cfg.posttrain.stage!r}: train it with "
+                          f"python -m {command}")
+    saved = config_from_dict(_starting_meta(cfg)["config"])
+    return validate(replace(cfg, model=saved.model, data=saved.data))
+
+
+def starting_tokenizer(cfg: Config) -> Tokenizer:
+    """The tokenizer stored in the starting checkpoint (written beside it, in the starting run's directory)."""
+    return checkpoint.tokenizer_from_meta(_starting_meta(cfg), pathlib.Path(cfg.train.init_from))
+
+
+def conversation_rows(conversations: list[dict], encode: Callable, seq_len: int) -> tuple[dict[str, np.ndarray], int]:
+    """Stacked training rows {'inputs', 'targets', 'loss_mask': (N, seq_len)} of the conversations that fit, and
+    how many did not (left out whole: a cut answer would teach the model to stop mid-sentence)."""
+    rows = []
+    for conversation in conversations:
+        try:
+            rows.append(training_row(render(conversation["messages"], encode), seq_len))
+        except ValueError:
+            continue
+    if not rows:
+        raise ConfigError(f"no conversation fits posttrain.seq_len={seq_len} tokens: raise it")
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}, len(conversations) - len(rows)
+
+
+def step_indices(n: int, batch: int, seed: int, step: int) -> np.ndarray:
+    """(batch,) example indices for a step: epochs of fresh permutations of n, a pure function of (seed, step)."""
+    positions = np.arange(step * batch, (step + 1) * batch)
+    epochs = positions // n
+    out = np.empty(batch, np.int64)
+    for epoch in np.unique(epochs):
+        where = epochs == epoch
+        out[where] = np.random.default_rng([seed, int(epoch)]).permutation(n)[positions[where] % n]
+    return out
+
+
+def global_rows(rows: dict[str, np.ndarray], indices: np.ndarray, mesh) -> dict:
+    """The global batch made of rows[indices]; this process loads only its own block of them."""
+    batch = len(indices)
+    block, blocks = sharding.batch_block(mesh, batch)
+    mine = indices[block * batch // blocks:(block + 1) * batch // blocks]
+    return sharding.global_batch({k: v[mine] for k, v in rows.items()}, mesh, batch)
+
+
+def fixed_batches(rows: dict[str, np.ndarray], batch: int, n_batches: int, mesh) -> list[dict]:
+    """Up to n_batches batches of the first rows, in order; the last is topped up with rows whose loss_mask is
+    zero, so every held-out row counts once."""
+    n = min(len(rows["inputs"]), batch * n_batches)
+    padded = {k: np.concatenate([v[:n], np.zeros((-n % batch, *v.shape[1:]), v.dtype)]) for k, v in rows.items()}
+    return [global_rows(padded, np.arange(i, i + batch), mesh) for i in range(0, len(padded["inputs"]), batch)]
+
+
+def chat_sample(cfg: Config, tokenizer: Tokenizer, question: str) -> Callable:
+    """(graphdef, params) -> 'user: question / assistant: greedy reply', the sample shown at a stage's end."""
+    from jaxllm.generate import SamplingConfig, complete
+
+    def sample(graphdef, params):
+        reply = complete(graphdef, params, cfg.model, tokenizer.encode, tokenizer.decode,
+                         [reply_prompt([{"role": "user", "content": question}], tokenizer.encode)],
+                         SamplingConfig(max_new_tokens=cfg.train.sample_tokens, temperature=0.0), STOP_IDS)[0]
+        return f"user: {question}\nassistant: {reply}"
+    return sample
+
+
+def make_stage(cfg: Config, mesh, progress: bool):
+    """jaxllm.train.run's make_stage for a post-training config: the SFT or the DPO stage."""
+    from jaxllm.posttrain import dpo, sft  # they import this module
+    return {"sft": sft.sft_stage, "dpo": dpo.dpo_stage}[cfg.posttrain.stage](cfg, mesh, progress)
