@@ -79,7 +79,8 @@ def pair_rows(pairs: list[dict], encode, seq_len: int) -> tuple[dict[str, np.nda
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def _sequence_logprobs(params, graphdef, inputs, targets, mask):
+def summed_logprobs(params: dict, graphdef, inputs: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """(B,) log-probability of each row's masked targets: a sequence's score, outside the train step."""
     return jnp.sum(token_logprobs(params, graphdef, inputs, targets, mask), axis=-1)
 
 
@@ -92,7 +93,7 @@ def sequence_logprobs(graphdef, params, rows: dict[str, np.ndarray], prefix: str
         part = [rows[f"{prefix}{k}"][i:i + batch] for k in ("inputs", "targets", "loss_mask")]
         short = batch - len(part[0])  # the last batch is padded to the same shape: one compilation
         part = [np.concatenate([a, np.zeros((short, *a.shape[1:]), a.dtype)]) for a in part]
-        out.append(np.asarray(_sequence_logprobs(params, graphdef, *part))[:batch - short])
+        out.append(np.asarray(summed_logprobs(params, graphdef, *part))[:batch - short])
     return np.concatenate(out)
 
 
