@@ -1,0 +1,79 @@
+"""Chat with a post-trained run: `python -m jaxllm.chat --run_dir=runs/base_dpo [--prompt="..."]`.
+
+Without --prompt: a REPL that keeps the conversation's history, streams each reply as it is sampled, and takes
+/reset (forget the history) and /quit (or end of input). With --prompt: one reply, then exit. Sampling settings
+come from flags (--temperature, --top_k, --top_p, --max_new_tokens, --seed); prompts and replies go through the
+same chat template as training (jaxllm.posttrain.chat_template), and a reply ends at <|end|>. A history longer
+than the context loses its oldest tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+
+from jaxllm.cli import run_main
+from jaxllm.config import ConfigError
+from jaxllm.generate import SamplingConfig, load_run, stream
+from jaxllm.posttrain.chat_template import STOP_IDS, reply_prompt
+
+
+def reply(run, history: list[dict], sampling: SamplingConfig, out=sys.stdout) -> str:
+    """Streams the assistant's reply to the history to `out` and returns it."""
+    pieces = []
+    for piece in stream(run.graphdef, run.params, run.cfg.model, run.tokenizer,
+                        reply_prompt(history, run.tokenizer.encode), sampling, STOP_IDS):
+        pieces.append(piece)
+        print(piece, end="", flush=True, file=out)
+    print(file=out)
+    return "".join(pieces)
+
+
+def repl(run, sampling: SamplingConfig, lines=sys.stdin, out=sys.stdout) -> None:
+    history: list[dict] = []
+    print("chat: /reset forgets the conversation, /quit ends it", file=out)
+    while True:
+        print("> ", end="", flush=True, file=out)
+        line = lines.readline()
+        if not line or line.strip() == "/quit":
+            return
+        text = line.rstrip("\n")
+        if text.strip() == "/reset":
+            history = []
+            print("(conversation reset)", file=out)
+            continue
+        if not text.strip():
+            continue
+        history.append({"role": "user", "content": text})
+        history.append({"role": "assistant", "content": reply(run, history, sampling, out)})
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxllm.chat", description=__doc__.split("\n")[0])
+    parser.add_argument("--run_dir", required=True)
+    parser.add_argument("--prompt", default=None, help="answer this one message and exit")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    defaults = SamplingConfig(max_new_tokens=120, temperature=0.7, top_p=0.9)
+    for f in dataclasses.fields(SamplingConfig):
+        parser.add_argument(f"--{f.name}", type=type(f.default), default=getattr(defaults, f.name))
+    args = parser.parse_args(argv)
+    sampling = SamplingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)})
+    if sampling.temperature < 0 or sampling.top_k < 0 or not 0 < sampling.top_p <= 1:
+        raise ConfigError(f"--temperature={sampling.temperature}, --top_k={sampling.top_k}, --top_p={sampling.top_p}:"
+                          " need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+    run = load_run(pathlib.Path(args.run_dir), args.step)
+    if run.cfg.posttrain.stage not in ("sft", "dpo"):
+        raise ConfigError(f"--run_dir={args.run_dir} holds a pretrained model, not a chat-trained one (it has never "
+                          "seen the chat template): fine-tune it first, e.g. python -m jaxllm.sft "
+                          "--experiment=base_sft, then chat with runs/base_sft")
+    if args.prompt is not None:
+        reply(run, [{"role": "user", "content": args.prompt}], sampling)
+    else:
+        repl(run, sampling)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
