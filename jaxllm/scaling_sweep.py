@@ -1,9 +1,13 @@
 """`python -m jaxllm.scaling`: an IsoFLOP sweep on this machine, then fits and plots (Hoffmann et al. 2022, Approaches
 2 and 3, at toy scale).
 
-    python -m jaxllm.scaling --experiment=base                                   # the default sweep
+    python -m jaxllm.scaling                                                     # the default sweep, about 20 min
     python -m jaxllm.scaling --experiment=base --budgets=1e14,3e14,1e15 --sizes=5
-    python -m jaxllm.scaling --experiment=base --dry_run                         # the grid only, nothing trained
+    python -m jaxllm.scaling --dry_run                                           # the grid only, nothing trained
+
+The experiment defaults to `scaling` (experiments/scaling.py: a 512-token vocabulary, 128-token context, 8
+sequences a step), sized so that CPU budgets of 2e11-2e12 FLOPs give every model hundreds to thousands of steps and
+the IsoFLOP profiles have their minima inside the grid; see that file for the pilot figures.
 
 For each budget C (FLOPs), `--sizes` models of the experiment's family are spread log-evenly over `--span` times
 either side of the rule-of-20 size (moved up to start at the family's smallest model when it would fall below it;
@@ -11,6 +15,13 @@ models that would get fewer than MIN_STEPS steps are left out); each trains for 
 validation loss is recorded. Writes OUT/scaling.json and OUT/isoflop.png, OUT/optimal.png. A run whose result is
 already in OUT is reused, so an interrupted sweep picks up where it stopped. Not for: planning a single run
 (`python -m jaxllm.plan`).
+
+N is the total parameter count, embeddings included (Hoffmann et al.; Kaplan et al. 2020 leave them out), the
+same N as the planners in jaxllm.scaling, so a fitted law can be compared with theirs. At this scale the
+embeddings are a large share of the small models (62% of the 1-layer, width-32 model of experiments/scaling.py,
+12% of its 4-layer, width-96 one), so the choice moves the fitted exponents (Pearce & Song 2024); each run's
+record in scaling.json keeps `non_embedding_params` for a refit under Kaplan's convention. D is the tokens
+trained on, C the exact FLOPs of jaxllm.scaling.flops_per_token (attention included), not 6·N·D.
 """
 
 from __future__ import annotations
@@ -31,9 +42,12 @@ from jaxllm.scaling import (flops_per_token, human, param_count, positive_number
 from jaxllm.scaling_fit import fit_loss_law, isoflop_minimum, power_law
 
 FLAGS = ("budgets", "sizes", "span", "out", "dry_run")
-# 12 runs for base, 8.6e13 FLOPs: about 20 minutes on this 2-core CPU when nothing else runs (a pilot measured
-# 65 GFLOP/s for the 1-layer model, ~110 for the 4-layer base, and about 8 s per run of compile, eval and saving).
-DEFAULT_BUDGETS = "2e12,5e12,1.2e13"
+DEFAULT_EXPERIMENT = "scaling"
+# 20 runs of experiments/scaling.py, 1.85e13 FLOPs. A pilot of the 5e11 budget (5 runs, 2.5e12 FLOPs) took 167 s
+# of CPU time, about 15 GFLOP per CPU-second with compile, evaluation and saving included (~12 s of each run), so
+# the default sweep needs about 21 minutes on this 2-core CPU when nothing else runs (an upper estimate: CPU time
+# counts both cores). That pilot's profile had its minimum inside the grid, at 57K parameters.
+DEFAULT_BUDGETS = "2e11,5e11,1e12,2e12"
 DEFAULT_SIZES = 5
 DEFAULT_SPAN = 4.0
 MIN_STEPS = 30  # fewer steps than this and the cosine schedule, not the model size, decides the loss
@@ -220,8 +234,10 @@ def sweep(cfg: Config, budgets: list[float], sizes: int, span: float, out: pathl
     out.mkdir(parents=True, exist_ok=True)
     records = execute(grid(cfg, budgets, sizes, span), out, train)
     fits = fit(records)
-    summary = {"experiment": cfg.name, "budgets": budgets, "sizes": sizes, "span": span, "fits": fits,
-               "runs": records}
+    summary = {"experiment": cfg.name, "budgets": budgets, "sizes": sizes, "span": span,
+               "conventions": {"N": "total parameters, embeddings included (Hoffmann et al. 2022)",
+                               "D": "training tokens", "C": "exact training FLOPs, attention included"},
+               "fits": fits, "runs": records}
     tmp = out / "scaling.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out / "scaling.json")
@@ -244,6 +260,8 @@ def _print_fits(fits: dict, out: pathlib.Path) -> None:
 
 
 def main(argv: list[str]) -> int:
+    if not any(arg.startswith("--experiment=") for arg in argv):
+        argv = [f"--experiment={DEFAULT_EXPERIMENT}", *argv]
     cfg, flags = parse_cli(argv, allowed_flags=FLAGS)
     budgets = [positive_number("budgets", raw, "1e12,3e12,1e13")
                for raw in flags.get("budgets", DEFAULT_BUDGETS).split(",")]

@@ -79,6 +79,10 @@ def test_sweep_errors_are_one_line_exit_2(capsys, argv, message):
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
-def test_default_sweep_grid(capsys):
-    assert run_main(scaling_sweep.main, ["--experiment=base", "--dry_run"]) == 0
-    assert "FLOPs of training in all" in capsys.readouterr().out
+@pytest.mark.parametrize("argv, runs", [
+    ([], 20),  # the default: experiments/scaling.py, 4 budgets of 5 sizes
+    (["--experiment=base", "--budgets=1e14,3e14,1e15"], 15),  # the example
+])
+def test_sweep_grid(capsys, argv, runs):
+    assert run_main(scaling_sweep.main, ["--dry_run", *argv]) == 0
+    assert f"{runs} runs" in capsys.readouterr().out
