@@ -155,8 +155,8 @@ def validate(cfg: Config) -> Config:
          f"model.n_head={m.n_head} is not a multiple of model.n_kv_head={m.n_kv_head}: pick a divisor of n_head"),
         (m.family != "llama" or m.head_dim % 2 == 0,
          f"model.n_embd/n_head={m.head_dim}: RoPE needs an even head size"),
-        (m.vocab_size >= 300, f"model.vocab_size={m.vocab_size}: needs at least 300 (256 bytes + specials)"
-         if cfg.data.tokenizer == "bpe" else ""),
+        (m.vocab_size >= 300 or cfg.data.tokenizer == "char",
+         f"model.vocab_size={m.vocab_size}: a bpe tokenizer needs at least 300 (256 bytes + specials)"),
         (m.block_size >= 2, f"model.block_size={m.block_size}: needs at least 2"),
         (m.compute_dtype in ("float32", "bfloat16"), f"model.compute_dtype={m.compute_dtype!r}: use float32 or bfloat16"),
         (m.remat in ("none", "full", "save_matmuls"), f"model.remat={m.remat!r}: use none, full or save_matmuls"),

@@ -46,6 +46,19 @@ def is_validation(doc_id: str, val_fraction: float) -> bool:
     return int(hashlib.sha256(doc_id.encode("utf-8")).hexdigest()[:8], 16) / 2**32 < val_fraction
 
 
+def _split(docs, val_fraction: float):
+    """(document, held out?) pairs. A file: source is one long text (e.g. Tiny Shakespeare), so it gets the usual
+    split by position: its last val_fraction of characters is held out as the document `<id>#tail`. Every other
+    document goes whole to the side its id hashes to."""
+    for doc in docs:
+        if doc.origin.startswith("file:"):
+            cut = int(len(doc.text) * (1 - val_fraction))
+            yield dataclasses.replace(doc, text=doc.text[:cut]), False
+            yield dataclasses.replace(doc, id=doc.id + "#tail", text=doc.text[cut:]), True
+        else:
+            yield doc, is_validation(doc.id, val_fraction)
+
+
 def _input_fingerprint(sources: tuple[str, ...]) -> list:
     """Cheap evidence that the inputs are unchanged: the interpreter for the stdlib, path, size and modification
     time of every local file a source reads."""
@@ -78,8 +91,7 @@ def _collect(cfg: Config, out: pathlib.Path, progress: bool) -> tuple[list[Docum
     if progress:
         report.print_table()
     train, val, records = [], [], []
-    for doc in docs:
-        held_out = is_validation(doc.id, cfg.data.val_fraction)
+    for doc, held_out in _split(docs, cfg.data.val_fraction):
         (val if held_out else train).append(doc)
         records.append({"id": doc.id, "sha256": _sha(doc.text), "bytes": len(doc.text.encode("utf-8")),
                         "split": "val" if held_out else "train"})

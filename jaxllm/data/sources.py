@@ -5,7 +5,7 @@ Source strings (the `data.sources` config list):
                          download; kind 'code'
   stdlib-prose           the same files' prose: one document a module of its docstrings and comment blocks, and
                          one a help topic of `pydoc_data` (the language reference pages); kind 'prose'
-  file:PATH              one UTF-8 text file, one document
+  file:PATH              one UTF-8 text file, one document (prepare holds out its last val_fraction by position)
   dir:PATH               every text file under PATH (suffixes in TEXT_SUFFIXES), sorted by relative path
   jsonl:GLOB:FIELD       JSON Lines files (.jsonl, .jsonl.gz, .jsonl.zst), one document a line, text in FIELD
   parquet:GLOB:COLUMN    Parquet files, one document a row, text in COLUMN
