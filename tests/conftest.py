@@ -10,6 +10,8 @@ import pytest
 from jaxllm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from jaxllm.data.sources import stdlib_root
 
+pytest_plugins = ("tests.posttrain_fixtures",)  # one tiny base -> SFT -> DPO lineage for the whole session
+
 # Real, varied stdlib modules: code, docstrings, unicode, tabs.
 CORPUS_FILES = ("textwrap.py", "string.py", "glob.py", "fnmatch.py", "bisect.py", "heapq.py", "shlex.py",
                 "difflib.py", "json/decoder.py", "json/encoder.py", "json/scanner.py", "csv.py", "colorsys.py",

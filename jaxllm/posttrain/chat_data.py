@@ -253,6 +253,13 @@ def load(sources: tuple[str, ...], kind: str, val_fraction: float) -> tuple[list
     return train, heldout
 
 
+def check_split(train: list, heldout: list, what: str) -> None:
+    """Training needs both splits: batches from one, held-out evaluation on the other."""
+    if not train or not heldout:
+        raise ConfigError(f"{what} gives {len(train)} train and {len(heldout)} held-out records: both must be "
+                          "non-empty; add data or change posttrain.val_fraction")
+
+
 def prompt_messages(pair: dict) -> list[dict]:
     """A preference pair's prompt as messages (a plain string is one user turn)."""
     prompt = pair["prompt"]

@@ -110,6 +110,7 @@ def dpo_stage(cfg: Config, mesh, progress: bool) -> Stage:
     pt, batch = cfg.posttrain, cfg.train.batch_size
     tokenizer = starting_tokenizer(cfg)
     train, heldout = chat_data.load(pt.preferences, "preferences", pt.val_fraction)
+    chat_data.check_split(train, heldout, "posttrain.preferences")
     train_rows, dropped = pair_rows(train, tokenizer.encode, pt.seq_len)
     heldout_chosen, _ = conversation_rows(
         [{"messages": chat_data.prompt_messages(p) + [{"role": "assistant", "content": p["chosen"]}]} for p in heldout],

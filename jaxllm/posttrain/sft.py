@@ -23,6 +23,7 @@ def sft_stage(cfg: Config, mesh, progress: bool) -> Stage:
     pt, batch = cfg.posttrain, cfg.train.batch_size
     tokenizer = starting_tokenizer(cfg)
     train, heldout = chat_data.load(pt.conversations, "conversations", pt.val_fraction)
+    chat_data.check_split(train, heldout, "posttrain.conversations")
     train_rows, dropped = conversation_rows(train, tokenizer.encode, pt.seq_len)
     heldout_rows, _ = conversation_rows(heldout, tokenizer.encode, pt.seq_len)
     if progress:
