@@ -6,8 +6,9 @@ Shapes (one JSON object a line, as most open chat datasets use):
   multiple choice    {"question": "...", "choices": ["...", ...], "answer": index of the right choice}
 
 A source is 'stdlib' (the embedded tasks) or a JSONL path or glob. Every source is split into train and held-out:
-the stdlib by module (a module is held out exactly when pretraining holds its file out, `is_validation` on the
-same document id, so held-out functions were never trained on at any stage), JSONL files by a hash of each line.
+the stdlib by module (`is_validation` on the module file's document id, the hash pretraining splits by, so with
+posttrain.val_fraction >= data.val_fraction every module pretraining held out is held out here too), JSONL files
+by a hash of each line.
 
 The embedded tasks ask about public functions and methods whose docstring opens with a short sentence, and
 answer with that sentence (short answers a 5M-parameter model can learn to produce in minutes):
