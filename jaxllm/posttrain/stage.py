@@ -1,5 +1,6 @@
 """What the SFT and DPO stages share: the run they start from, conversations as padded rows, batches as a pure
-function of the step, the chat sample shown at the end, and the command line.
+function of the step, the chat sample shown at the end, and make_stage (what jaxllm.train.main runs for a
+post-training experiment).
 
 Both hand a `jaxllm.train.Stage` to `jaxllm.train.run`, so the mesh, the jitted step, checkpoints, resume and
 logging are pretraining's own. The model and data settings (and so the tokenizer) come from the starting run's
@@ -15,6 +16,7 @@ import numpy as np
 
 from jaxllm import checkpoint, sharding
 from jaxllm.config import Config, ConfigError, config_from_dict, replace, validate
+from jaxllm.generate import SamplingConfig, complete
 from jaxllm.posttrain.chat_template import STOP_IDS, render, reply_prompt, training_row
 from jaxllm.tokenizer import Tokenizer
 
@@ -90,8 +92,6 @@ def fixed_batches(rows: dict[str, np.ndarray], batch: int, n_batches: int, mesh)
 
 def chat_sample(cfg: Config, tokenizer: Tokenizer, question: str) -> Callable:
     """(graphdef, params) -> 'user: question / assistant: greedy reply', the sample shown at a stage's end."""
-    from jaxllm.generate import SamplingConfig, complete
-
     def sample(graphdef, params):
         reply = complete(graphdef, params, cfg.model, tokenizer.encode, tokenizer.decode,
                          [reply_prompt([{"role": "user", "content": question}], tokenizer.encode)],
