@@ -3,6 +3,7 @@ end to end from an SFT run (which is also the frozen reference)."""
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def test_policy_equal_to_reference_gives_ln2():
         mask[:, 6:11] = 1
         batch |= {f"{side}_inputs": inputs, f"{side}_targets": targets, f"{side}_loss_mask": mask,
                   f"{side}_ref": token_logprobs(params, graphdef, inputs, targets, mask)}
-    loss, m = make_loss_fn(0.1)(params, graphdef, batch)
+    loss, m = jax.jit(make_loss_fn(0.1), static_argnums=1)(params, graphdef, batch)
     np.testing.assert_allclose(loss, math.log(2), rtol=1e-6)
     np.testing.assert_allclose([m["margin"], m["chosen_reward"], m["rejected_reward"]], 0.0, atol=1e-6)
 

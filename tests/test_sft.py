@@ -11,8 +11,9 @@ from jaxllm import checkpoint
 from jaxllm.config import ConfigError, ModelConfig, PosttrainConfig, replace
 from jaxllm.model import Transformer
 from jaxllm.posttrain.stage import start_config, step_indices
-from jaxllm.step import mean_loss
+from jaxllm.step import mean_loss as eager_mean_loss
 
+mean_loss = jax.jit(eager_mean_loss, static_argnums=1)  # op by op, the tiny model takes seconds a call
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
 
