@@ -12,6 +12,8 @@ which it sets per run from the budget. Why these settings (pilot runs on the sha
   where 3e-3 would handicap the small models and push the optimum up.
 - eval_batches 32 (32K held-out tokens, the same for every run): neighbouring grid points differ by a few
   hundredths of a nat near the optimum.
+The default sweep (budgets 2e11, 5e11, 1e12, 2e12) found its minima at 30K, 53K, 66K and 71K parameters: N_opt ∝
+C^0.38 and D_opt ∝ C^0.63 with N counting embeddings, N_opt ∝ C^0.53 with N the non-embedding parameters.
 """
 
 from jaxllm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig

@@ -11,16 +11,16 @@ the IsoFLOP profiles have their minima inside the grid; see that file for the pi
 
 For each budget C (FLOPs), `--sizes` models of the experiment's family are spread log-evenly over `--span` times
 either side of the rule-of-20 size (moved up to start at the family's smallest model when it would fall below it;
-models that would get fewer than MIN_STEPS steps are left out); each trains for C / (FLOPs per token) tokens with the real training code, and its final
-validation loss is recorded. Writes OUT/scaling.json and OUT/isoflop.png, OUT/optimal.png. A run whose result is
-already in OUT is reused, so an interrupted sweep picks up where it stopped. Not for: planning a single run
-(`python -m jaxllm.plan`).
+models that would get fewer than MIN_STEPS steps are left out); each trains for C / (FLOPs per token) tokens with
+the real training code, and its final validation loss is recorded. Writes OUT/scaling.json and OUT/isoflop.png,
+OUT/optimal.png. A run whose result is already in OUT is reused, so an interrupted sweep picks up where it stopped.
+Not for: planning a single run (`python -m jaxllm.plan`).
 
 N is the total parameter count, embeddings included (Hoffmann et al.; Kaplan et al. 2020 leave them out), the
 same N as the planners in jaxllm.scaling, so a fitted law can be compared with theirs. At this scale the
 embeddings are a large share of the small models (62% of the 1-layer, width-32 model of experiments/scaling.py,
-12% of its 4-layer, width-96 one), so the choice moves the fitted exponents (Pearce & Song 2024); each run's
-record in scaling.json keeps `non_embedding_params` for a refit under Kaplan's convention. D is the tokens
+12% of its 4-layer, width-96 one), so the choice moves the fitted exponents (Pearce & Song 2024): scaling.json
+also holds the same fits with N the non-embedding count, as `fits_non_embedding`. D is the tokens
 trained on, C the exact FLOPs of jaxllm.scaling.flops_per_token (attention included), not 6·N·D.
 """
 
@@ -43,10 +43,10 @@ from jaxllm.scaling_fit import fit_loss_law, isoflop_minimum, power_law
 
 FLAGS = ("budgets", "sizes", "span", "out", "dry_run")
 DEFAULT_EXPERIMENT = "scaling"
-# 20 runs of experiments/scaling.py, 1.85e13 FLOPs. A pilot of the 5e11 budget (5 runs, 2.5e12 FLOPs) took 167 s
-# of CPU time, about 15 GFLOP per CPU-second with compile, evaluation and saving included (~12 s of each run), so
-# the default sweep needs about 21 minutes on this 2-core CPU when nothing else runs (an upper estimate: CPU time
-# counts both cores). That pilot's profile had its minimum inside the grid, at 57K parameters.
+# 20 runs of experiments/scaling.py, 1.85e13 FLOPs. Measured on this 2-core CPU while other jobs kept its load at
+# 5-8: 23.9 min wall, 17.6 min of CPU time (user + sys); 5-27 s of each run (15 on average) went to compiling,
+# evaluating and saving. CPU time bounds the wall time on an idle machine from above (both cores count), so about
+# 18 minutes there. Every budget's profile has its minimum inside its sizes.
 DEFAULT_BUDGETS = "2e11,5e11,1e12,2e12"
 DEFAULT_SIZES = 5
 DEFAULT_SPAN = 4.0
@@ -140,14 +140,14 @@ def execute(runs: list[Run], out: pathlib.Path, train) -> list[dict]:
     return records
 
 
-def fit(records: list[dict]) -> dict:
+def fit(records: list[dict], n_key: str = "params") -> dict:
     """IsoFLOP minima per budget, power laws N_opt ∝ C^a and D_opt ∝ C^b over the minima inside their sizes, and
-    L(N, D) over all runs.
+    L(N, D) over all runs, with N the records' n_key ('params' or 'non_embedding_params').
     A fit the data cannot support is recorded with its reason instead of its numbers."""
     profiles = []
     for budget in sorted({r["budget"] for r in records}):
         at = [r for r in records if r["budget"] == budget]
-        n, d, loss = (np.array([r[k] for r in at], dtype=float) for k in ("params", "tokens", "val_loss"))
+        n, d, loss = (np.array([r[k] for r in at], dtype=float) for k in (n_key, "tokens", "val_loss"))
         try:
             log_n_opt, loss_min, coeffs = isoflop_minimum(np.log(n), loss)
             log_d_opt, _, _ = isoflop_minimum(np.log(d), loss)
@@ -168,7 +168,7 @@ def fit(records: list[dict]) -> dict:
         result["params_law"] = result["tokens_law"] = {
             "error": f"{len(good)} budget(s) with a minimum inside their sizes; need 2"}
     try:
-        law = fit_loss_law([r["params"] for r in records], [r["tokens"] for r in records],
+        law = fit_loss_law([r[n_key] for r in records], [r["tokens"] for r in records],
                            [r["val_loss"] for r in records])
         result["loss_law"] = {**dataclasses.asdict(law), "params_exponent": law.beta / (law.alpha + law.beta),
                               "tokens_exponent": law.alpha / (law.alpha + law.beta)}
@@ -183,8 +183,9 @@ def plot(records: list[dict], fits: dict, out: pathlib.Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for profile, color in zip(fits["isoflop"], plt.cm.viridis(np.linspace(0, 0.85, len(fits["isoflop"])))):
         at = [r for r in records if r["budget"] == profile["budget"]]
         n = np.array([r["params"] for r in at])
@@ -194,8 +195,12 @@ def plot(records: list[dict], fits: dict, out: pathlib.Path) -> None:
             ax.plot(np.exp(x), np.polyval(profile["parabola_ln_n"], x), "-", color=color, lw=1)
             ax.plot(profile["n_opt"], profile["loss_min"], "*", color=color, ms=14, mec="black")
     ax.set(xscale="log", xlabel="parameters N", ylabel="final validation loss (nats/token)", title="IsoFLOP profiles")
+    # minor ticks labelled 20K, 50K: matplotlib's default labels every minor tick and they overlap
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human(x)))
+    ax.xaxis.set_minor_formatter(FuncFormatter(
+        lambda x, _: human(x) if round(x / 10 ** math.floor(math.log10(x))) in (2, 5) else ""))
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1, 1))  # outside: the profiles fill every corner
     _save(fig, out / "isoflop.png")
 
     good = [p for p in fits["isoflop"] if "n_opt" in p and p["inside_grid"]]
@@ -234,10 +239,13 @@ def sweep(cfg: Config, budgets: list[float], sizes: int, span: float, out: pathl
     out.mkdir(parents=True, exist_ok=True)
     records = execute(grid(cfg, budgets, sizes, span), out, train)
     fits = fit(records)
+    # Kaplan et al.'s N beside Hoffmann et al.'s: at this scale the two give different exponents
+    fits_non_embedding = fit(records, "non_embedding_params")
     summary = {"experiment": cfg.name, "budgets": budgets, "sizes": sizes, "span": span,
                "conventions": {"N": "total parameters, embeddings included (Hoffmann et al. 2022)",
-                               "D": "training tokens", "C": "exact training FLOPs, attention included"},
-               "fits": fits, "runs": records}
+                               "D": "training tokens", "C": "exact training FLOPs, attention included",
+                               "fits_non_embedding": "the fits with N = non-embedding parameters (Kaplan et al.)"},
+               "fits": fits, "fits_non_embedding": fits_non_embedding, "runs": records}
     tmp = out / "scaling.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out / "scaling.json")
@@ -245,7 +253,8 @@ def sweep(cfg: Config, budgets: list[float], sizes: int, span: float, out: pathl
     return summary
 
 
-def _print_fits(fits: dict, out: pathlib.Path) -> None:
+def _print_fits(summary: dict, out: pathlib.Path) -> None:
+    fits = summary["fits"]
     for p in fits["isoflop"]:
         print(f"C={p['budget']:.3g}: " + (p["error"] if "error" in p else
               f"N_opt {human(p['n_opt'])}, D_opt {human(p['d_opt'])}, loss {p['loss_min']:.4f}"
@@ -256,6 +265,9 @@ def _print_fits(fits: dict, out: pathlib.Path) -> None:
     law = fits["loss_law"]
     print(f"L(N, D) = {law['E']:.3f} + {law['A']:.4g}/N^{law['alpha']:.3f} + {law['B']:.4g}/D^{law['beta']:.3f} "
           f"(N_opt ∝ C^{law['params_exponent']:.3f})" if "E" in law else f"L(N, D): {law['error']}")
+    kaplan = summary["fits_non_embedding"]["params_law"]
+    if "exponent" in kaplan:
+        print(f"with N the non-embedding parameters (Kaplan et al.): N_opt ∝ C^{kaplan['exponent']:.3f}")
     print(f"wrote {out / 'scaling.json'}, {out / 'isoflop.png'}, {out / 'optimal.png'}")
 
 
@@ -285,5 +297,5 @@ def main(argv: list[str]) -> int:
     from jaxllm.train import run as train_run  # imports JAX: only when training
 
     summary = sweep(cfg, budgets, int(sizes), span, out, train_run)
-    _print_fits(summary["fits"], out)
+    _print_fits(summary, out)
     return 0
