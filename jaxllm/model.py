@@ -58,6 +58,18 @@ class Norm(nnx.Module):
         return y.astype(x.dtype)
 
 
+def dense(x: Array, w: Array, n_in: int = 1, out_dtype=None) -> Array:
+    """Contracts x's last n_in axes with w's first n_in axes, as one 2-D matmul over (B*T, in) rows.
+
+    x: (B,T,*in), w: (*in, *out) -> (B,T,*out). Written 2-D on purpose: XLA:CPU computes the weight gradient of a
+    3-D dot_general about 5x slower than of the same product flattened (measured here: 197 ms vs 39 ms for a
+    16x256x256 by 256x1024 product), and the backward pass dominates training."""
+    b, t = x.shape[:2]
+    n = math.prod(w.shape[:n_in])
+    y = jnp.matmul(x.reshape(b * t, n), w.reshape(n, -1), preferred_element_type=out_dtype)
+    return y.reshape(b, t, *w.shape[n_in:])
+
+
 def rope(x: Array, positions: Array, theta: float) -> Array:
     """Rotary embedding, rotating pairs (i, i + Dh/2) as Llama's HF layout does. x: (B,T,N,Dh), positions: (B,T)."""
     half = x.shape[-1] // 2
@@ -104,9 +116,9 @@ class Attention(nnx.Module):
         """x: (B,T,E). With a cache (k, v: (B,S,KV,Dh), pos: (B,S)), writes this call's keys at cache_index
         and attends to every cached key whose position is valid (>= 0) and not after the query's."""
         cfg, dt = self.cfg, x.dtype
-        q = jnp.einsum("bte,ehd->bthd", x, self.q[...].astype(dt))
-        k = jnp.einsum("bte,ekd->btkd", x, self.k[...].astype(dt))
-        v = jnp.einsum("bte,ekd->btkd", x, self.v[...].astype(dt))
+        q = dense(x, self.q[...].astype(dt))  # (B,T,H,Dh)
+        k = dense(x, self.k[...].astype(dt))  # (B,T,KV,Dh)
+        v = dense(x, self.v[...].astype(dt))
         if self.q_bias is not None:
             q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
         if cfg.family == "llama":
@@ -120,7 +132,7 @@ class Attention(nnx.Module):
             mask = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= positions[:, :, None])  # (B,T,S)
             k, v = k.astype(dt), v.astype(dt)
         y = attend(q, k, v, mask, cfg.attention)
-        y = jnp.einsum("bthd,hde->bte", y, self.o[...].astype(dt))
+        y = dense(y, self.o[...].astype(dt), n_in=2)  # (B,T,E)
         if self.o_bias is not None:
             y = y + self.o_bias[...].astype(dt)
         return y, cache
@@ -139,12 +151,12 @@ class MLP(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         dt = x.dtype
-        h = x @ self.up[...].astype(dt)
+        h = dense(x, self.up[...].astype(dt))  # (B,T,F)
         if self.gated:
-            h = jax.nn.silu(x @ self.gate[...].astype(dt)) * h
+            h = jax.nn.silu(dense(x, self.gate[...].astype(dt))) * h
         else:
             h = jax.nn.gelu(h + self.up_bias[...].astype(dt), approximate=True)
-        y = h @ self.down[...].astype(dt)
+        y = dense(h, self.down[...].astype(dt))
         return y if self.gated else y + self.down_bias[...].astype(dt)
 
 
@@ -226,7 +238,7 @@ class Transformer(nnx.Module):
 
         x = self.norm(x)
         head = self.embed[...].T if self.head is None else self.head[...]
-        logits = jnp.einsum("bte,ev->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
+        logits = dense(x, head.astype(dt), out_dtype=jnp.float32)  # (B,T,V)
         return logits, cache
 
 
