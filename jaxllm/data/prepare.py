@@ -1,14 +1,15 @@
 """Preparation: sources -> clean and dedup (report.json, report.png) -> train/val split -> tokenizer -> token shards, cached by content.
 
-The prepared directory is `data.cache_dir/<key>`, where the key hashes every setting that shapes the result and a
-fingerprint of the inputs (sizes and modification times), so changed inputs or settings prepare anew and
-unchanged ones are reused. Everything is written into a temporary directory renamed into place at the end: an
+The prepared directory is `data.cache_dir/<key>`, where the key hashes every setting that shapes the result, a
+fingerprint of the inputs (sizes and modification times) and the preparing code itself, so changed inputs,
+settings or code prepare anew and unchanged ones are reused. Everything is written into a temporary directory renamed into place at the end: an
 interrupted preparation leaves nothing a later run would trust.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -25,7 +26,17 @@ from jaxllm.data import shards
 from jaxllm.data.pipeline import clean_corpus
 from jaxllm.data.sources import Document, SourceStats, input_paths, iter_documents, stdlib_root
 
-FORMAT_VERSION = 1  # bump when the layout of a prepared directory changes
+
+
+@functools.cache
+def code_version() -> str:
+    """Hash of the code that shapes prepared data (this package and the tokenizer): a change to a filter or to
+    the shard layout must not reuse data prepared by the old code."""
+    package = pathlib.Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.glob("*.py")) + [package.parent / "tokenizer.py"]:
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclasses.dataclass
@@ -73,7 +84,7 @@ def _input_fingerprint(sources: tuple[str, ...]) -> list:
 
 
 def cache_key(cfg: Config) -> str:
-    settings = {"version": FORMAT_VERSION, "data": dataclasses.asdict(cfg.data) | {"cache_dir": None},
+    settings = {"code": code_version(), "data": dataclasses.asdict(cfg.data) | {"cache_dir": None},
                 "vocab_size": cfg.model.vocab_size, "inputs": _input_fingerprint(cfg.data.sources)}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -144,7 +155,7 @@ def _build(cfg: Config, tmp: pathlib.Path, progress: bool) -> dict:
     for name, index in splits.items():
         _say(progress, f"{name}: {index['documents']} documents, {index['tokens']:,} tokens, {index['bytes']:,} bytes "
                        f"({index['bytes'] / index['tokens']:.2f} bytes/token)")
-    return {"format_version": FORMAT_VERSION, "data": dataclasses.asdict(cfg.data),
+    return {"code_version": code_version(), "data": dataclasses.asdict(cfg.data),
             "vocab_size": tokenizer.vocab_size, "tokenizer_file": tokenizer.path.name,
             "tokenizer_sha256": hashlib.sha256(tokenizer.path.read_bytes()).hexdigest(),
             "splits": splits, "sources": summary,
