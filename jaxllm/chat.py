@@ -10,13 +10,12 @@ than the context loses its oldest tokens.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
 import sys
 
 from jaxllm.cli import run_main
 from jaxllm.config import ConfigError
-from jaxllm.generate import SamplingConfig, load_run, stream
+from jaxllm.generate import SamplingConfig, add_sampling_flags, load_run, sampling_from_args, stream
 from jaxllm.posttrain.chat_template import STOP_IDS, reply_prompt
 
 
@@ -55,14 +54,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--run_dir", required=True)
     parser.add_argument("--prompt", default=None, help="answer this one message and exit")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    defaults = SamplingConfig(max_new_tokens=120, temperature=0.7, top_p=0.9)
-    for f in dataclasses.fields(SamplingConfig):
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=getattr(defaults, f.name))
+    add_sampling_flags(parser, SamplingConfig(max_new_tokens=120, temperature=0.7, top_p=0.9))
     args = parser.parse_args(argv)
-    sampling = SamplingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)})
-    if sampling.temperature < 0 or sampling.top_k < 0 or not 0 < sampling.top_p <= 1:
-        raise ConfigError(f"--temperature={sampling.temperature}, --top_k={sampling.top_k}, --top_p={sampling.top_p}:"
-                          " need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+    sampling = sampling_from_args(args)
     run = load_run(pathlib.Path(args.run_dir), args.step)
     if run.cfg.posttrain.stage not in ("sft", "dpo"):
         raise ConfigError(f"--run_dir={args.run_dir} holds a pretrained model, not a chat-trained one (it has never "

@@ -178,18 +178,28 @@ def load_run(run_dir: pathlib.Path, step: int | None = None) -> LoadedRun:
     return LoadedRun(cfg, graphdef, params, checkpoint.tokenizer_from_meta(meta, run_dir), step)
 
 
+def add_sampling_flags(parser: argparse.ArgumentParser, defaults: SamplingConfig = SamplingConfig()) -> None:
+    """--max_new_tokens, --temperature, --top_k, --top_p, --seed: one flag per SamplingConfig field."""
+    for f in dataclasses.fields(SamplingConfig):
+        parser.add_argument(f"--{f.name}", type=type(f.default), default=getattr(defaults, f.name))
+
+
+def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
+    sampling = SamplingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)})
+    if sampling.temperature < 0 or sampling.top_k < 0 or not 0 < sampling.top_p <= 1:
+        raise ConfigError(f"--temperature={sampling.temperature}, --top_k={sampling.top_k}, --top_p={sampling.top_p}:"
+                          " need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+    return sampling
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxllm.generate", description=__doc__.split("\n")[0])
     parser.add_argument("--run_dir", required=True)
     parser.add_argument("--prompt", action="append", help="repeat for a batch of prompts")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    for f in dataclasses.fields(SamplingConfig):
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+    add_sampling_flags(parser)
     args = parser.parse_args(argv)
-    sampling = SamplingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)})
-    if sampling.temperature < 0 or sampling.top_k < 0 or not 0 < sampling.top_p <= 1:
-        raise ConfigError(f"--temperature={sampling.temperature}, --top_k={sampling.top_k}, --top_p={sampling.top_p}:"
-                          " need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+    sampling = sampling_from_args(args)
     run = load_run(pathlib.Path(args.run_dir), args.step)
     prompts = args.prompt or [""]
     try:

@@ -7,9 +7,11 @@ import json
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
+from jaxllm.data.prepare import prepare
 from tests.conftest import tiny_config
 from tests.multidevice import REPO, env
 
@@ -55,3 +57,34 @@ def test_two_processes_match_one(tiny_corpus, tmp_path):
     rel = max(abs(a - b) / abs(b) for a, b in zip(two, one))
     print(f"2 processes x 4 devices: {two}; 1 process x 8 devices: {one}; relative {rel:.1e}")
     assert rel <= 1e-5, (two, one)
+
+
+@pytest.mark.slow
+def test_a_dead_peer_ends_the_other_process_with_an_error(tiny_corpus, tmp_path):
+    """Process 1 is killed mid-training; process 0 must stop with an error within the timeout, not hang."""
+    cfg = tiny_config(tiny_corpus, tmp_path / "cache", steps=100_000, log_every=1, batch_size=8, eval_every=100_000,
+                      checkpoint_every=100_000)
+    prepare(cfg, progress=False)  # both processes then reuse it
+    experiment = tmp_path / "tiny_dead_peer.py"
+    experiment.write_text("import json\nfrom jaxllm.config import config_from_dict\n\n"
+                          f"def config():\n    return config_from_dict(json.loads({cfg.to_json()!r}))\n")
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxllm.train", f"--experiment={experiment}", *MESH,
+                               f"--run_dir={tmp_path / 'run'}", f"--distributed.coordinator=127.0.0.1:{port}",
+                               "--distributed.num_processes=2", f"--distributed.process_id={i}",
+                               "--distributed.timeout_s=20"],
+                              env=env(4), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    try:
+        for line in procs[0].stdout:  # wait until both processes are stepping together
+            if line.startswith("step 3/"):
+                break
+        procs[1].kill()
+        procs[0].stdout.close()
+        killed_at = time.monotonic()
+        returncode = procs[0].wait(timeout=120)  # a hang fails here
+        print(f"process 0 ended {time.monotonic() - killed_at:.1f}s after its peer was killed")
+    finally:
+        for p in procs:
+            p.kill()
+    assert returncode != 0

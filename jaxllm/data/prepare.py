@@ -185,7 +185,11 @@ def prepare(cfg: Config, progress: bool = True) -> Prepared:
     try:
         manifest = _build(cfg, tmp, progress)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process (a second host on a shared disk) finished the same data first
+            if not (final / "manifest.json").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return load_prepared(final)
