@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import sys
 
-from jaxllm.config import ConfigError, parse_cli
+from jaxllm.cli import run_main
+from jaxllm.config import parse_cli
 from jaxllm.data.prepare import prepare
 
 
 def main(argv: list[str]) -> int:
-    try:
-        cfg, _ = parse_cli(argv, allowed_flags=())
-        prepared = prepare(cfg, progress=True)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg, _ = parse_cli(argv, allowed_flags=())
+    prepared = prepare(cfg, progress=True)
     print(f"prepared data in {prepared.dir}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_main(main))

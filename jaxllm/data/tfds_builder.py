@@ -13,6 +13,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
+from jaxllm.cli import run_main
 from jaxllm.config import ConfigError
 from jaxllm.data.sources import SourceStats, dir_documents
 
@@ -57,14 +58,10 @@ def main(argv: list[str]) -> int:
         print("usage: python -m jaxllm.data.tfds_builder --folder=DIR --name=NAME --data_dir=DIR [--version=1.0.0]",
               file=sys.stderr)
         return 2
-    try:
-        path = build_text_folder(args["folder"], args["name"], args["data_dir"], args.get("version", "1.0.0"))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    path = build_text_folder(args["folder"], args["name"], args["data_dir"], args.get("version", "1.0.0"))
     print(f"wrote {path}; read it with --data.sources='[\"tfds:{args['name']}@{args['data_dir']}\"]'")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_main(main))
