@@ -14,10 +14,9 @@ import os
 import pathlib
 import sys
 import time
-
-from jaxllm.cli import run_main
 from typing import Callable
 
+from jaxllm.cli import run_main
 from jaxllm.config import Config, ConfigError, parse_cli
 
 
