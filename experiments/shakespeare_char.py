@@ -6,6 +6,14 @@ evaluation that reaches it: `python -m jaxllm.bench speedrun --data=PATH` times 
 
 Data: one text file (pass your copy: --data.sources='["file:PATH"]'); the last 10% of its characters is the
 validation split, as in nanoGPT. The default path is the development copy next to this checkout.
+
+What got it there (each measured here, 2-core CPU; validation loss on 64 x 16 windows of the split):
+- Muon for the block matrices: 1.94 after 400 steps where AdamW at its best learning rate had 2.14.
+- Two layers instead of four: half the time per step, and at this budget the deeper model loses (1.98 against
+  1.85 after the same 21 s with Muon).
+- Llama layers (RoPE, SwiGLU, RMSNorm, untied head): 1.85 against 1.89 for GPT-2 layers at step 400 of 500.
+- Batch 16 of 64: more updates per token than 32 for the same time.
+The context stays nanoGPT's 64, so the validation loss is the same quantity as the reference's.
 """
 
 from jaxllm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
@@ -15,15 +23,14 @@ from jaxllm.data.pipeline_config import CleanConfig
 def config() -> Config:
     return Config(
         name="shakespeare_char",
-        # 65 characters + 8 special tokens
-        # nanoGPT's baby GPT shape; float32 (bfloat16 was slower at width 128 here), remat of everything but the
-        # matmul outputs (its backward ran faster than keeping every residual on this CPU)
-        model=ModelConfig(family="gpt2", vocab_size=73, block_size=64, n_layer=4, n_head=4, n_embd=128,
-                          compute_dtype="float32", remat="save_matmuls"),
+        # 65 characters + 8 special tokens; float32 (bfloat16 was slower at width 128 here), remat of everything but
+        # the matmul outputs (its backward ran faster than keeping every residual on this CPU)
+        model=ModelConfig(family="llama", vocab_size=73, block_size=64, n_layer=2, n_head=4, n_embd=128,
+                          tie_embeddings=False, compute_dtype="float32", remat="save_matmuls"),
         data=DataConfig(sources=("file:../shared/data/tinyshakespeare.txt",), tokenizer="char", val_fraction=0.1,
                         clean=CleanConfig(enabled=False)),  # literary text: web-quality filters do not apply
-        # measured here: lr 3e-3 over 1,000 steps reached 1.866 at step 800; 6e-3 over 600 steps only 1.900
-        optim=OptimConfig(lr=3e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1, beta2=0.99),
-        train=TrainConfig(steps=800, batch_size=32, log_every=50, eval_every=100, eval_batches=4,
+        optim=OptimConfig(name="muon", muon_lr=0.03, lr=6e-3, warmup_steps=20, min_lr_ratio=0.1,
+                          weight_decay=0.1, beta2=0.99),
+        train=TrainConfig(steps=400, batch_size=16, log_every=50, eval_every=100, eval_batches=64,
                           checkpoint_every=100000, sample_prompt="ROMEO:", sample_tokens=200),
     )

@@ -73,6 +73,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    name: str = "adamw"  # 'adamw' | 'muon': Muon for the transformer-block matrices, AdamW (lr) for the rest
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 50
@@ -81,6 +82,8 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # global-norm clipping; 0 disables
+    muon_lr: float = 0.02  # Muon's peak learning rate (optim.name='muon'); same warmup and decay as lr
+    muon_momentum: float = 0.95
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,8 @@ def validate(cfg: Config) -> Config:
          "train.log_every, eval_every and checkpoint_every must be at least 1"),
         (t.eval_batches >= 1, f"train.eval_batches={t.eval_batches}: must be at least 1"),
         (t.keep_checkpoints >= 1, f"train.keep_checkpoints={t.keep_checkpoints}: must be at least 1"),
-        (o.lr > 0, f"optim.lr={o.lr}: must be positive"),
+        (o.name in ("adamw", "muon"), f"optim.name={o.name!r}: use adamw or muon"),
+        (o.lr > 0 and o.muon_lr > 0, f"optim.lr={o.lr}, optim.muon_lr={o.muon_lr}: must be positive"),
         (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio={o.min_lr_ratio}: must be in [0, 1]"),
         (0 <= o.warmup_steps, f"optim.warmup_steps={o.warmup_steps}: must be >= 0"),
         (sum(1 for a in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) if a == -1) <= 1,

@@ -115,6 +115,16 @@ def replies(run, questions: list[str], max_new_tokens: int) -> list[str]:
                     SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0), STOP_IDS)
 
 
+def _unencodable(tokenizer, items: list[dict], questions: list[str]) -> str:
+    """Why the tokenizer cannot encode the multiple-choice items or questions ('' when it can)."""
+    try:
+        for text in [*questions, *(t for item in items for t in (item["question"], *item["choices"]))]:
+            tokenizer.encode(text)
+    except ValueError as e:
+        return str(e)
+    return ""
+
+
 def evaluate_runs(run_dirs: list[pathlib.Path], choices_path: str = "", text_windows: int = 64,
                   n_samples: int = 4, sample_tokens: int = 40, progress: bool = True) -> dict:
     """Every figure of the module docstring, for each run: {'runs': {name: {...}}, 'compressors': {...}, ...}."""
@@ -129,6 +139,9 @@ def evaluate_runs(run_dirs: list[pathlib.Path], choices_path: str = "", text_win
     val_fraction = list(runs.values())[-1].cfg.posttrain.val_fraction
     if choices_path:
         items = [record for _, record in chat_data.read_jsonl(choices_path, "choices")]
+        if not items:
+            raise ConfigError(f"--choices={choices_path} holds no items: give a JSONL file of "
+                              '{"question", "choices", "answer"} lines')
     else:
         items = chat_data.load(("stdlib",), "choices", val_fraction)[1]
     questions = [c["messages"][0]["content"] for c in
@@ -139,8 +152,13 @@ def evaluate_runs(run_dirs: list[pathlib.Path], choices_path: str = "", text_win
            "mc_source": choices_path or "stdlib (held-out functions)", "sample_questions": questions, "runs": {}}
     for name, run in runs.items():
         say(f"[evaluate] {name} (step {run.step})")
-        result = {"stage": run.cfg.posttrain.stage or "base", "step": run.step, **text_metrics(run, windows),
-                  **multiple_choice(run, items), "samples": replies(run, questions, sample_tokens)}
+        result = {"stage": run.cfg.posttrain.stage or "base", "step": run.step, **text_metrics(run, windows)}
+        unencodable = _unencodable(run.tokenizer, items, questions)
+        if unencodable:  # a character tokenizer trained on one text (Shakespeare) has no '`' or '_'
+            say(f"[evaluate] {name}: multiple choice and replies skipped: {unencodable}")
+            result["chat_tasks_skipped"] = unencodable
+        else:
+            result.update(multiple_choice(run, items), samples=replies(run, questions, sample_tokens))
         if run.cfg.posttrain.stage == "dpo":
             reference = runs.get(run.cfg.train.init_from) or load_run(pathlib.Path(run.cfg.train.init_from))
             pairs = chat_data.load(run.cfg.posttrain.preferences, "preferences", run.cfg.posttrain.val_fraction)[1]
@@ -158,7 +176,7 @@ def format_table(results: dict) -> str:
             ("stage", [r["stage"] for r in results["runs"].values()])]
 
     def figure(key, fmt="{:.4f}"):
-        return [fmt.format(r[key]) for r in results["runs"].values()]
+        return [fmt.format(r[key]) if key in r else "-" for r in results["runs"].values()]
     rows += [("held-out loss (nats/token)", figure("val_loss")), ("held-out bits/byte", figure("val_bpb")),
              ("multiple choice acc (total)", figure("mc_acc", "{:.3f}")),
              ("multiple choice acc (per byte)", figure("mc_acc_norm", "{:.3f}")),
@@ -168,14 +186,18 @@ def format_table(results: dict) -> str:
              ("DPO held-out margin", [f"{r['dpo_heldout']['margin']:.3f}" if "dpo_heldout" in r else "-"
                                       for r in results["runs"].values()])]
     lines = [f"{label:<32}" + "".join(f"{v:>{width}}" for v in values) for label, values in rows]
-    any_run = next(iter(results["runs"].values()))
     lines.append(f"\nheld-out text: {results['heldout_text_bytes']:,} bytes; bits/byte: model "
                  + ", ".join(f"{pathlib.Path(n).name} {r['val_bpb']:.3f}" for n, r in results["runs"].items())
                  + " | " + ", ".join(f"{k} {v:.3f}" for k, v in results["compressors"].items()))
-    lines.append(f"multiple choice: {any_run['mc_items']} items from {results['mc_source']}")
-    for i, question in enumerate(results["sample_questions"]):
+    scored = {n: r for n, r in results["runs"].items() if "samples" in r}
+    if scored:
+        lines.append(f"multiple choice: {next(iter(scored.values()))['mc_items']} items from {results['mc_source']}")
+    for n, r in results["runs"].items():
+        if "chat_tasks_skipped" in r:
+            lines.append(f"{pathlib.Path(n).name}: multiple choice and replies skipped ({r['chat_tasks_skipped']})")
+    for i, question in enumerate(results["sample_questions"] if scored else []):
         lines.append(f"\nuser: {question}")
-        lines += [f"  {pathlib.Path(n).name}: {r['samples'][i].strip()[:160]!r}" for n, r in results["runs"].items()]
+        lines += [f"  {pathlib.Path(n).name}: {r['samples'][i].strip()[:160]!r}" for n, r in scored.items()]
     return "\n".join(lines)
 
 

@@ -74,6 +74,27 @@ class Trainer:
                        out_shardings=replicated)
 
 
+def _moment_specs(opt_shapes, params_shapes: dict, pspecs: dict):
+    """Specs for the optimizer state: a moment stored under a parameter's key path (optax keeps moments in trees
+    keyed like the parameters, also inside Muon's partition of them) with its shape takes that parameter's spec;
+    counters and coefficients are replicated."""
+    def param_key(path) -> tuple:
+        keys = []
+        for entry in reversed(path):  # the trailing run of dict keys is the parameter's path
+            if not isinstance(entry, jax.tree_util.DictKey):
+                break
+            keys.append(entry.key)
+        return tuple(reversed(keys))
+
+    by_key = {param_key(path): (leaf.shape, spec) for (path, leaf), spec in zip(
+        jax.tree_util.tree_flatten_with_path(params_shapes)[0], jax.tree.leaves(pspecs, is_leaf=lambda x: isinstance(x, P)))}
+
+    def spec(path, leaf):
+        shape, param_spec = by_key.get(param_key(path), (None, P()))
+        return param_spec if shape == leaf.shape else P()
+    return jax.tree_util.tree_map_with_path(spec, opt_shapes)
+
+
 def make_trainer(cfg: Config, mesh: Mesh, loss_fn: Callable = mean_loss) -> tuple[Trainer, dict]:
     """The trainer and the abstract state (ShapeDtypeStructs carrying their shardings: a restore target)."""
     graphdef, abstract_params = nnx.split(abstract_model(cfg.model), nnx.Param)
@@ -81,9 +102,7 @@ def make_trainer(cfg: Config, mesh: Mesh, loss_fn: Callable = mean_loss) -> tupl
     pspecs = sharding.param_specs(abstract_params)
     params_shapes = nnx.to_pure_dict(abstract_params)
     opt_shapes = jax.eval_shape(optimizer.init, params_shapes)
-    # Optimizer moments are shaped like the parameters and take their specs; counters are replicated.
-    opt_specs = optax.tree_map_params(optimizer, lambda _, spec: spec, opt_shapes, pspecs,
-                                      transform_non_params=lambda _: P(), is_leaf=lambda x: isinstance(x, P))
+    opt_specs = _moment_specs(opt_shapes, params_shapes, pspecs)
     specs = {"params": pspecs, "opt_state": opt_specs, "step": P()}
     shardings = sharding.named(mesh, specs)
     shapes = {"params": params_shapes, "opt_state": opt_shapes, "step": jax.ShapeDtypeStruct((), jnp.int32)}

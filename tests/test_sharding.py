@@ -21,6 +21,7 @@ from tests.multidevice import run_worker
 
 LAYOUTS = [(8, 1, 1), (1, 8, 1), (1, 1, 2), (1, 1, 4), (2, 2, 2), (4, 1, 2), (2, 4, 1)]
 TENSOR_ONLY, FSDP_ONLY = (1, 1, 4), (1, 8, 1)
+MUON_LAYOUT = (2, 2, 2)
 BATCH, BLOCK, VOCAB, WIDTH, HIDDEN = 8, 16, 512, 32, 128
 STEPS = 3
 
@@ -84,9 +85,8 @@ def worker_layouts() -> dict:
 
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, VOCAB, (STEPS, BATCH, BLOCK + 1)).astype(np.int32)
-    results = {}
-    for shape in [(1, 1, 1)] + LAYOUTS:
-        cfg = tiny(shape)
+
+    def train(cfg, shape, collectives: bool) -> dict:
         mesh = sharding.make_mesh(cfg, jax.devices()[:int(np.prod(shape))])
         trainer, abstract_state = step_lib.make_trainer(cfg, mesh)
         with jax.set_mesh(mesh):
@@ -103,9 +103,15 @@ def worker_layouts() -> dict:
                 batch = sharding.global_batch({"inputs": tokens[s, :, :-1], "targets": tokens[s, :, 1:]}, mesh, BATCH)
                 state, metrics = compiled(state, batch)
                 losses.append(float(metrics["loss"]))
-        results[str(shape)] = {"losses": losses, "specs": specs, "moment_specs": moment_specs,
-                               "collectives": hlo_collectives(compiled.as_text())
-                               if shape in (TENSOR_ONLY, FSDP_ONLY) else None}
+        return {"losses": losses, "specs": specs, "moment_specs": moment_specs,
+                "collectives": hlo_collectives(compiled.as_text()) if collectives else None}
+
+    results = {str(shape): train(tiny(shape), shape, shape in (TENSOR_ONLY, FSDP_ONLY))
+               for shape in [(1, 1, 1)] + LAYOUTS}
+    for shape in [(1, 1, 1), MUON_LAYOUT]:  # Muon orthogonalises whole matrices: sharded, XLA gathers them
+        cfg = tiny(shape)
+        results["muon" + str(shape)] = train(dataclasses.replace(cfg, optim=dataclasses.replace(
+            cfg.optim, name="muon")), shape, False)
     return results
 
 
@@ -143,6 +149,18 @@ def test_layout_partition_specs(layouts, shape):
     # of the parameters' specs.
     param_specs = {tuple(s[0]) for s in specs.values()}
     assert {tuple(s) for s in layouts[_key(shape)]["moment_specs"]} <= param_specs
+
+
+def test_muon_sharded_matches_one_device(layouts):
+    ref, got = layouts["muon" + _key((1, 1, 1))], layouts["muon" + _key(MUON_LAYOUT)]
+    rel = [abs(a - b) / abs(b) for a, b in zip(got["losses"], ref["losses"])]
+    print(f"muon on {MUON_LAYOUT}: losses {got['losses']}, max relative difference {max(rel):.2e}")
+    assert max(rel) <= 1e-5, (got["losses"], ref["losses"])
+    assert ref["losses"][-1] != layouts[_key((1, 1, 1))]["losses"][-1]  # a different optimizer did run
+    # Muon's momentum and AdamW's moments (of the parameters Muon leaves to it) live in the parameters' shards;
+    # only Muon's three Newton-Schulz coefficients are replicated.
+    assert {tuple(s) for s in got["moment_specs"]} <= {tuple(s[0]) for s in got["specs"].values()} | {()}
+    assert {tuple(s) for s in got["moment_specs"]} >= {("tensor", "fsdp"), (None, "fsdp", "tensor", None)}
 
 
 def _per_layer(collectives, where):
