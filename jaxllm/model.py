@@ -13,6 +13,7 @@ A KV cache (`init_cache`) lets decoding attend to past keys without recomputing 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -58,16 +59,67 @@ class Norm(nnx.Module):
         return y.astype(x.dtype)
 
 
-def dense(x: Array, w: Array, n_in: int = 1, out_dtype=None) -> Array:
-    """Contracts x's last n_in axes with w's first n_in axes, as one 2-D matmul over (B*T, in) rows.
+def dense(x: Array, w: Array, n_in: int = 1, bias: Array | None = None, out_dtype=None,
+          transpose_w: bool = False) -> Array:
+    """Contracts x's last n_in axes with w's first n_in axes, plus bias, as one 2-D matmul over (B*T, in) rows;
+    w is cast to x's dtype (the compute dtype), the result is out_dtype (default: x's dtype).
 
-    x: (B,T,*in), w: (*in, *out) -> (B,T,*out). Written 2-D on purpose: XLA:CPU computes the weight gradient of a
-    3-D dot_general about 5x slower than of the same product flattened (measured here: 197 ms vs 39 ms for a
-    16x256x256 by 256x1024 product), and the backward pass dominates training."""
+    x: (B,T,*in), w: (*in, *out), bias: (*out) -> (B,T,*out); with transpose_w, w is (out, in) (a tied output
+    head). Written 2-D on purpose: XLA:CPU computes the weight gradient of a 3-D dot_general about 5x slower than
+    of the same product flattened (measured here: 197 ms vs 39 ms for a 16x256x256 by 256x1024 product)."""
     b, t = x.shape[:2]
-    n = math.prod(w.shape[:n_in])
-    y = jnp.matmul(x.reshape(b * t, n), w.reshape(n, -1), preferred_element_type=out_dtype)
-    return y.reshape(b, t, *w.shape[n_in:])
+    if transpose_w:
+        w2, out_shape = w.reshape(-1, math.prod(w.shape[-n_in:])), w.shape[:-n_in]
+    else:
+        w2, out_shape = w.reshape(math.prod(w.shape[:n_in]), -1), w.shape[n_in:]
+    x2 = x.reshape(b * t, -1)
+    if x.dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
+        y = _cpu_bf16_matmul(x2, w2, transpose_w)  # float32: the bias is added before rounding, as in a GEMM epilogue
+    else:
+        y = jnp.matmul(x2, (w2.T if transpose_w else w2).astype(x.dtype), preferred_element_type=out_dtype)
+    if bias is not None:
+        y = y + bias.reshape(-1).astype(y.dtype)
+    return y.astype(out_dtype or x.dtype).reshape(b, t, *out_shape)
+
+
+def _row_major_transpose(a: Array) -> Array:
+    """a.T, materialised row-major. Left alone, XLA folds a transpose into the matmul that reads it, and XLA:CPU
+    then runs a bfloat16 matmul on its slow float32 path: its fast kernel (YNNPACK, about 4x float32 here) takes
+    only untransposed row-major operands. A conditional's result is opaque to that folding, and a 3-D result
+    reshaped to 2-D pins the row-major layout (a 2-D result would be given the transposed layout for free)."""
+    n, m = a.shape
+    k = math.gcd(n, 64)
+    as_rows = lambda a: a.T.reshape(m, n // k, k)
+    return jax.lax.cond(a[0, 0] == a[0, 0], as_rows, as_rows, a).reshape(m, n)  # both branches are the same
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _cpu_bf16_matmul(x: Array, w: Array, transpose_w: bool) -> Array:
+    """x (M,K) bfloat16 @ w (K,N) float32 (or (N,K) with transpose_w) -> (M,N) float32, on XLA:CPU's fast bf16
+    kernel in both passes: every matmul, forward and backward, gets row-major untransposed bf16 operands."""
+    return _cpu_bf16_matmul_fwd(x, w, transpose_w)[0]
+
+
+def _cpu_bf16_matmul_fwd(x, w, transpose_w):
+    wb = w.astype(jnp.bfloat16)
+    y = jnp.matmul(x, _row_major_transpose(wb) if transpose_w else wb, preferred_element_type=jnp.float32)
+    return y, (x, wb)
+
+
+def _cpu_bf16_matmul_bwd(transpose_w, residuals, dy):
+    """dx = dy @ w.T and dw = x.T @ dy, each as a row-major bf16 matmul; of x and dy, the smaller one is transposed
+    (the weight gradient then comes out transposed: weight-sized, a cheap float32 transpose)."""
+    x, wb = residuals
+    dy = dy.astype(jnp.bfloat16)
+    mm = functools.partial(jnp.matmul, preferred_element_type=jnp.float32)
+    t = _row_major_transpose
+    dx = mm(dy, wb) if transpose_w else mm(dy, t(wb))
+    x_is_smaller = x.shape[1] <= dy.shape[1]
+    dw_in_out = mm(t(x), dy) if x_is_smaller else t(mm(t(dy), x))  # (K,N): x.T @ dy
+    return dx.astype(x.dtype), t(dw_in_out) if transpose_w else dw_in_out  # float32, like the parameter
+
+
+_cpu_bf16_matmul.defvjp(_cpu_bf16_matmul_fwd, _cpu_bf16_matmul_bwd)
 
 
 def rope(x: Array, positions: Array, theta: float) -> Array:
@@ -116,11 +168,10 @@ class Attention(nnx.Module):
         """x: (B,T,E). With a cache (k, v: (B,S,KV,Dh), pos: (B,S)), writes this call's keys at cache_index
         and attends to every cached key whose position is valid (>= 0) and not after the query's."""
         cfg, dt = self.cfg, x.dtype
-        q = dense(x, self.q[...].astype(dt))  # (B,T,H,Dh)
-        k = dense(x, self.k[...].astype(dt))  # (B,T,KV,Dh)
-        v = dense(x, self.v[...].astype(dt))
-        if self.q_bias is not None:
-            q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
+        bias = (lambda b: None if b is None else b[...])
+        q = dense(x, self.q[...], bias=bias(self.q_bias))  # (B,T,H,Dh)
+        k = dense(x, self.k[...], bias=bias(self.k_bias))  # (B,T,KV,Dh)
+        v = dense(x, self.v[...], bias=bias(self.v_bias))
         if cfg.family == "llama":
             q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
         mask = None
@@ -132,9 +183,7 @@ class Attention(nnx.Module):
             mask = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= positions[:, :, None])  # (B,T,S)
             k, v = k.astype(dt), v.astype(dt)
         y = attend(q, k, v, mask, cfg.attention)
-        y = dense(y, self.o[...].astype(dt), n_in=2)  # (B,T,E)
-        if self.o_bias is not None:
-            y = y + self.o_bias[...].astype(dt)
+        y = dense(y, self.o[...], n_in=2, bias=bias(self.o_bias))  # (B,T,E)
         return y, cache
 
 
@@ -150,14 +199,11 @@ class MLP(nnx.Module):
         self.down_bias = None if self.gated else _param(None, (e,), ("embed",), None)
 
     def __call__(self, x: Array) -> Array:
-        dt = x.dtype
-        h = dense(x, self.up[...].astype(dt))  # (B,T,F)
         if self.gated:
-            h = jax.nn.silu(dense(x, self.gate[...].astype(dt))) * h
-        else:
-            h = jax.nn.gelu(h + self.up_bias[...].astype(dt), approximate=True)
-        y = dense(h, self.down[...].astype(dt))
-        return y if self.gated else y + self.down_bias[...].astype(dt)
+            h = jax.nn.silu(dense(x, self.gate[...])) * dense(x, self.up[...])  # (B,T,F)
+            return dense(h, self.down[...])
+        h = jax.nn.gelu(dense(x, self.up[...], bias=self.up_bias[...]), approximate=True)
+        return dense(h, self.down[...], bias=self.down_bias[...])
 
 
 class Block(nnx.Module):
@@ -237,8 +283,10 @@ class Transformer(nnx.Module):
             cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
 
         x = self.norm(x)
-        head = self.embed[...].T if self.head is None else self.head[...]
-        logits = dense(x, head.astype(dt), out_dtype=jnp.float32)  # (B,T,V)
+        if self.head is None:  # tied: the embedding table (V,E) is the head, transposed
+            logits = dense(x, self.embed[...], out_dtype=jnp.float32, transpose_w=True)  # (B,T,V)
+        else:
+            logits = dense(x, self.head[...], out_dtype=jnp.float32)
         return logits, cache
 
 

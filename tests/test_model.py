@@ -2,6 +2,7 @@
 numbers, and remat / scan / attention settings that must not change the numbers."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jaxllm.config import ModelConfig
-from jaxllm.model import Transformer, init_cache, rope
+from jaxllm.model import Transformer, dense, init_cache, rope
 
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 FAMILIES = {
@@ -106,3 +107,47 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     reference, _ = build(dataclasses.replace(cfg, compute_dtype="float32"))(tokens_for(cfg, 2, 8))
     assert logits.dtype == jnp.float32
     np.testing.assert_allclose(logits, reference, atol=0.05)
+
+
+@pytest.mark.parametrize("transpose_w", [False, True])
+@pytest.mark.parametrize("k, n", [(48, 80), (80, 48)])  # either x or dy is the smaller one to transpose
+def test_bfloat16_dense_on_cpu_matches_float32_values_and_gradients(transpose_w, k, n):
+    """The CPU bf16 path (custom VJP with materialised transposes) computes the same products as float32."""
+    kx, kw, kb, kd = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(kx, (2, 8, k))
+    w = jax.random.normal(kw, (n, k) if transpose_w else (k, n)) / np.sqrt(k)
+    bias = jax.random.normal(kb, (n,))
+    dy = jax.random.normal(kd, (2, 8, n))
+
+    def loss(x, w, bias, dtype):
+        y = dense(x.astype(dtype), w, bias=None if transpose_w else bias, out_dtype=jnp.float32,
+                  transpose_w=transpose_w)
+        return jnp.sum(y * dy)
+
+    ref = jax.value_and_grad(loss, argnums=(0, 1, 2))(x, w, bias, jnp.float32)
+    got = jax.value_and_grad(loss, argnums=(0, 1, 2))(x, w, bias, jnp.bfloat16)
+    assert got[1][1].dtype == jnp.float32  # the weight gradient is not rounded to bf16
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        scale = float(jnp.max(jnp.abs(b)))
+        np.testing.assert_allclose(np.asarray(a, np.float32), b, atol=0.02 * scale)
+
+
+def test_bfloat16_training_step_runs_every_projection_as_a_bf16_matmul():
+    """XLA:CPU's fast bf16 kernel takes only row-major, untransposed operands; any other matmul it silently runs in
+    float32. In the compiled gradient of the bf16 model, every weight-sized product has bf16 operands."""
+    cfg = dataclasses.replace(FAMILIES["gpt2"], compute_dtype="bfloat16", n_embd=64, vocab_size=128,
+                              scan_layers=False)  # unrolled: each layer's products appear in the HLO
+    graphdef, params = nnx.split(build(cfg), nnx.Param)
+    tokens = tokens_for(cfg, 2, 16)
+
+    def loss(params):
+        logits, _ = nnx.merge(graphdef, params)(tokens)
+        return jnp.mean(logits)
+
+    hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    shapes = dict(re.findall(r"(%[\w.-]+) = (\w+\[[\d,]*\])", hlo))  # every value's dtype and dims
+    products = [[shapes[name] for name in operands.split(", ")]
+                for operands in re.findall(r" dot\((%[\w.-]+, %[\w.-]+)\)", hlo)]
+    weight_sized = [p for p in products if any(str(cfg.n_embd) in re.findall(r"\d+", s) for s in p)]
+    assert len(weight_sized) >= 3 * 6 * cfg.n_layer, products  # forward, dx, dw of the six projections a layer
+    assert all(a.startswith("bf16") and b.startswith("bf16") for a, b in weight_sized), weight_sized
