@@ -82,15 +82,18 @@ def dense(x: Array, w: Array, n_in: int = 1, bias: Array | None = None, out_dtyp
     return y.astype(out_dtype or x.dtype).reshape(b, t, *out_shape)
 
 
-def _row_major_transpose(a: Array) -> Array:
-    """a.T, materialised row-major. Left alone, XLA folds a transpose into the matmul that reads it, and XLA:CPU
-    then runs a bfloat16 matmul on its slow float32 path: its fast kernel (YNNPACK, about 4x float32 here) takes
-    only untransposed row-major operands. A conditional's result is opaque to that folding, and a 3-D result
-    reshaped to 2-D pins the row-major layout (a 2-D result would be given the transposed layout for free)."""
-    n, m = a.shape
-    k = math.gcd(n, 64)
-    as_rows = lambda a: a.T.reshape(m, n // k, k)
-    return jax.lax.cond(a[0, 0] == a[0, 0], as_rows, as_rows, a).reshape(m, n)  # both branches are the same
+def _row_major_transpose(a: Array, perm: tuple[int, ...] | None = None) -> Array:
+    """jnp.transpose(a, perm) (default: reversed axes), materialised row-major. Left alone, XLA folds a transpose
+    into the matmul that reads it, and XLA:CPU then runs a bfloat16 matmul on its slow float32 path: its fast
+    kernel (YNNPACK, about 4x float32 here) takes only untransposed row-major operands. A conditional's result is
+    opaque to that folding, and splitting its last axis pins the row-major layout (otherwise the result is given
+    the transposed layout, for free, and the matmul reads it column-major)."""
+    perm = tuple(reversed(range(a.ndim))) if perm is None else perm
+    shape = tuple(a.shape[i] for i in perm)
+    k = math.gcd(shape[-1], 64)
+    pinned = lambda a: jnp.transpose(a, perm).reshape(*shape[:-1], shape[-1] // k, k)
+    first = a[(0,) * a.ndim]
+    return jax.lax.cond(first == first, pinned, pinned, a).reshape(shape)  # both branches are the same
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -134,7 +137,10 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
 
 def attend(q: Array, k: Array, v: Array, mask: Array | None, impl: str) -> Array:
     """Softmax attention with grouped KV heads. q: (B,T,H,Dh); k, v: (B,S,KV,Dh); mask: (B,T,S) bool or None
-    (None: causal over T == S). Returns (B,T,H,Dh). Scores and softmax are float32 in both implementations."""
+    (None: causal over T == S). Returns (B,T,H,Dh). Scores and softmax are float32 in every implementation."""
+    if mask is None and q.dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
+        group = q.shape[2] // k.shape[2]  # training in bf16 on XLA:CPU: its batched bf16 kernel, both passes
+        return _cpu_bf16_causal_attention(q, jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2))
     if impl == "xla":
         return jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None],
                                             is_causal=mask is None)
@@ -147,6 +153,55 @@ def attend(q: Array, k: Array, v: Array, mask: Array | None, impl: str) -> Array
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
+
+
+_HEADS_FIRST = (0, 2, 1, 3)  # (B,T,H,Dh) <-> (B,H,T,Dh)
+
+
+def _heads_first(x: Array, perm: tuple[int, ...] = _HEADS_FIRST) -> Array:
+    """(B,T,H,Dh) -> (B*H, T, Dh) row-major bf16 (perm (0,2,3,1): (B*H, Dh, T))."""
+    y = _row_major_transpose(x.astype(jnp.bfloat16), perm)
+    return y.reshape(-1, *y.shape[2:])
+
+
+def _heads_last(x: Array, b: int) -> Array:
+    """(B*H, T, Dh) -> (B,T,H,Dh) row-major bf16."""
+    return _row_major_transpose(x.astype(jnp.bfloat16).reshape(b, -1, *x.shape[1:]), _HEADS_FIRST)
+
+
+@jax.custom_vjp
+def _cpu_bf16_causal_attention(q: Array, k: Array, v: Array) -> Array:
+    """Causal softmax attention, q, k, v: (B,T,H,Dh) bf16 -> (B,T,H,Dh) bf16, every product a batched row-major
+    bf16 matmul (see _row_major_transpose) over B*H heads; scores, softmax and its gradient in float32.
+    Measured here (6 layers x 384, T=256, batch 8): float32 batched products ran at 42-102 GFLOP/s."""
+    return _cpu_bf16_causal_attention_fwd(q, k, v)[0]
+
+
+def _cpu_bf16_causal_attention_fwd(q, k, v):
+    b, t, _, dh = q.shape
+    mm = functools.partial(jnp.matmul, preferred_element_type=jnp.float32)
+    scores = mm(_heads_first(q), _heads_first(k, (0, 2, 3, 1))) / math.sqrt(dh)  # (B*H, T, S)
+    scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = mm(probs.astype(jnp.bfloat16), _heads_first(v))  # (B*H, T, Dh)
+    return _heads_last(out, b), (q, k, v, probs)
+
+
+def _cpu_bf16_causal_attention_bwd(residuals, d_out):
+    q, k, v, probs = residuals
+    b, dh = q.shape[0], q.shape[-1]
+    mm = functools.partial(jnp.matmul, preferred_element_type=jnp.float32)
+    d_out = _heads_first(d_out)  # (B*H, T, Dh)
+    d_probs = mm(d_out, _heads_first(v, (0, 2, 3, 1)))  # (B*H, T, S)
+    d_v = mm(_row_major_transpose(probs.astype(jnp.bfloat16), (0, 2, 1)), d_out)  # (B*H, S, Dh)
+    d_scores = (probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True)) / math.sqrt(dh)
+                ).astype(jnp.bfloat16)
+    d_q = mm(d_scores, _heads_first(k))
+    d_k = mm(_row_major_transpose(d_scores, (0, 2, 1)), _heads_first(q))
+    return _heads_last(d_q, b), _heads_last(d_k, b), _heads_last(d_v, b)
+
+
+_cpu_bf16_causal_attention.defvjp(_cpu_bf16_causal_attention_fwd, _cpu_bf16_causal_attention_bwd)
 
 
 class Attention(nnx.Module):

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jaxllm.config import ModelConfig
-from jaxllm.model import Transformer, dense, init_cache, rope
+from jaxllm.model import Transformer, attend, dense, init_cache, rope
 
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 FAMILIES = {
@@ -151,3 +151,25 @@ def test_bfloat16_training_step_runs_every_projection_as_a_bf16_matmul():
     weight_sized = [p for p in products if any(str(cfg.n_embd) in re.findall(r"\d+", s) for s in p)]
     assert len(weight_sized) >= 3 * 6 * cfg.n_layer, products  # forward, dx, dw of the six projections a layer
     assert all(a.startswith("bf16") and b.startswith("bf16") for a, b in weight_sized), weight_sized
+
+
+def test_bfloat16_causal_attention_on_cpu_matches_float32_values_and_gradients():
+    """The CPU bf16 attention (custom VJP over row-major batched products), grouped heads included, against the
+    float32 explicit implementation."""
+    kq, kk, kv, kd = jax.random.split(jax.random.key(0), 4)
+    q = jax.random.normal(kq, (2, 16, 4, 8))
+    k, v = jax.random.normal(kk, (2, 16, 2, 8)), jax.random.normal(kv, (2, 16, 2, 8))
+    d_out = jax.random.normal(kd, (2, 16, 4, 8))
+
+    def loss(q, k, v, dtype):
+        out = attend(q.astype(dtype), k.astype(dtype), v.astype(dtype), None, "xla")
+        assert out.dtype == dtype
+        return jnp.sum(out.astype(jnp.float32) * d_out)
+
+    ref = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v, jnp.float32)
+    got = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v, jnp.bfloat16)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(np.asarray(a, np.float32), b, atol=0.03 * float(jnp.max(jnp.abs(b))))
+    # causal: the first query attends only to the first key, so its output is v[:, 0] exactly (to bf16 rounding)
+    out = attend(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), None, "xla")
+    np.testing.assert_allclose(np.asarray(out[:, 0], np.float32), np.repeat(v[:, 0], 2, axis=1), atol=0.02)
