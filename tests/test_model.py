@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jaxllm.config import ModelConfig
-from jaxllm.model import Transformer, attend, dense, init_cache, rope
+from jaxllm.model import Transformer, attend, dense, gelu_tanh, init_cache, rope
 
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 FAMILIES = {
@@ -173,3 +173,12 @@ def test_bfloat16_causal_attention_on_cpu_matches_float32_values_and_gradients()
     # causal: the first query attends only to the first key, so its output is v[:, 0] exactly (to bf16 rounding)
     out = attend(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), None, "xla")
     np.testing.assert_allclose(np.asarray(out[:, 0], np.float32), np.repeat(v[:, 0], 2, axis=1), atol=0.02)
+
+
+def test_gelu_in_sigmoid_form_is_the_tanh_approximation():
+    x = jnp.linspace(-8.0, 8.0, 2001)
+    x64 = np.asarray(x, np.float64)  # the tanh form loses digits to 1 + tanh(z) ~ 0 in float32; not in float64
+    np.testing.assert_allclose(gelu_tanh(x), 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3))),
+                               atol=2e-6)
+    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(gelu_tanh(x)))(x),
+                               jax.grad(lambda x: jnp.sum(jax.nn.gelu(x, approximate=True)))(x), atol=1e-5)
