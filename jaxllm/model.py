@@ -219,9 +219,12 @@ class Attention(nnx.Module):
         self.v_bias = _param(None, (kv, dh), ("kv_heads", "head_dim"), None) if bias else None
         self.o_bias = _param(None, (e,), ("embed",), None) if bias else None
 
-    def __call__(self, x: Array, positions: Array, cache: dict | None, cache_index: Array | None):
-        """x: (B,T,E). With a cache (k, v: (B,S,KV,Dh), pos: (B,S)), writes this call's keys at cache_index
-        and attends to every cached key whose position is valid (>= 0) and not after the query's."""
+    def __call__(self, x: Array, positions: Array, cache: dict | None, cache_index: Array | None,
+                 layer: Array | None = None):
+        """x: (B,T,E). With a cache (every layer's: k, v (L,B,S,KV,Dh), pos (L,B,S)), writes this call's keys into
+        layer `layer` at cache_index, in place, and attends to every cached key of that layer whose position is
+        valid (>= 0) and not after the query's. Only the new keys are written: rewriting a layer's whole cache
+        each step (as a scan's per-layer outputs would) made decoding memory-bound."""
         cfg, dt = self.cfg, x.dtype
         bias = (lambda b: None if b is None else b[...])
         q = dense(x, self.q[...], bias=bias(self.q_bias))  # (B,T,H,Dh)
@@ -231,10 +234,11 @@ class Attention(nnx.Module):
             q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
         mask = None
         if cache is not None:
-            k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
-            key_pos = jax.lax.dynamic_update_slice_in_dim(cache["pos"], positions, cache_index, axis=1)
-            cache = {"k": k, "v": v, "pos": key_pos}
+            write = lambda full, new: jax.lax.dynamic_update_slice(
+                full, new[None].astype(full.dtype), (layer, 0, cache_index) + (0,) * (full.ndim - 3))
+            cache = {"k": write(cache["k"], k), "v": write(cache["v"], v), "pos": write(cache["pos"], positions)}
+            k, v, key_pos = (jax.lax.dynamic_index_in_dim(cache[name], layer, keepdims=False)
+                             for name in ("k", "v", "pos"))
             mask = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= positions[:, :, None])  # (B,T,S)
             k, v = k.astype(dt), v.astype(dt)
         y = attend(q, k, v, mask, cfg.attention)
@@ -282,8 +286,8 @@ class Block(nnx.Module):
         self.norm2 = Norm(cfg)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x, positions, cache, cache_index):
-        y, cache = self.attn(self.norm1(x), positions, cache, cache_index)
+    def __call__(self, x, positions, cache, cache_index, layer):
+        y, cache = self.attn(self.norm1(x), positions, cache, cache_index, layer)
         x = x + y
         return x + self.mlp(self.norm2(x)), cache
 
@@ -334,22 +338,19 @@ class Transformer(nnx.Module):
 
         graphdef, block_state = nnx.split(self.blocks)
 
-        def layer(x, state_and_cache):
-            state, layer_cache = state_and_cache
+        def layer(x_and_cache, state_and_index):  # the whole cache rides in the carry: updated in place
+            (x, cache), (state, i) = x_and_cache, state_and_index
             x = sharding.constrain(x, ("batch", None, None))
-            x, layer_cache = nnx.merge(graphdef, state)(x, positions, layer_cache, cache_index)
-            return x, layer_cache
+            return nnx.merge(graphdef, state)(x, positions, cache, cache_index, i), None
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat])
+        layers = jnp.arange(cfg.n_layer)
         if cfg.scan_layers:
-            x, cache = jax.lax.scan(layer, x, (block_state, cache))
+            (x, cache), _ = jax.lax.scan(layer, (x, cache), (block_state, layers))
         else:
-            caches = []
             for i in range(cfg.n_layer):
-                x, layer_cache = layer(x, jax.tree.map(lambda a: a[i], (block_state, cache)))
-                caches.append(layer_cache)
-            cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
+                (x, cache), _ = layer((x, cache), jax.tree.map(lambda a: a[i], (block_state, layers)))
 
         x = self.norm(x)
         if self.head is None:  # tied: the embedding table (V,E) is the head, transposed
