@@ -26,7 +26,7 @@ from flax import nnx
 from jaxllm import checkpoint
 from jaxllm.cli import run_main
 from jaxllm.config import Config, ConfigError, ModelConfig, config_from_dict
-from jaxllm.model import abstract_model, init_cache
+from jaxllm.model import abstract_model, init_cache, split_layers
 from jaxllm.tokenizer import BOS, EOS, Tokenizer
 
 
@@ -63,10 +63,11 @@ def _prefill(graphdef, params, tokens, positions, cache):
     return logits[:, -1], cache
 
 
-@functools.partial(jax.jit, static_argnums=(0, 6), donate_argnums=(3,))
-def _decode(graphdef, params, token, cache, position, index, sampling: tuple):
-    """One step: the newest token (B,) at `position` (B,) written at cache slot `index` -> next token (B,)."""
-    logits, cache = nnx.merge(graphdef, params)(token[:, None], position[:, None], cache, index)
+@functools.partial(jax.jit, static_argnums=(0, 7), donate_argnums=(4,))
+def _decode(graphdef, params, layer_states, token, cache, position, index, sampling: tuple):
+    """One step: the newest token (B,) at `position` (B,) written at cache slot `index` -> next token (B,).
+    layer_states: model.split_layers(params), made once per generation."""
+    logits, cache = nnx.merge(graphdef, params)(token[:, None], position[:, None], cache, index, layer_states)
     temperature, top_k, top_p, key = sampling[0], sampling[1], sampling[2], jax.random.fold_in(
         jax.random.key(sampling[3]), index)
     return sample_logits(logits[:, -1], key, temperature, top_k, top_p), logits[:, -1], cache
@@ -93,6 +94,7 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
     token = sample_logits(last_logits, key, sampling.temperature, sampling.top_k, sampling.top_p)
     position = jnp.asarray(positions[:, -1] + 1)
     done = np.zeros(b, bool)
+    layer_states = split_layers(params)
     settings = (sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed)
     for step in range(max_new):
         host_token = np.asarray(token)
@@ -100,7 +102,8 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
         yield host_token
         if done.all() or step == max_new - 1:
             return
-        token, _, cache = _decode(graphdef, params, token, cache, position, jnp.int32(width + step), settings)
+        token, _, cache = _decode(graphdef, params, layer_states, token, cache, position, jnp.int32(width + step),
+                                  settings)
         position = position + 1
 
 

@@ -221,7 +221,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x: Array, positions: Array, cache: dict | None, cache_index: Array | None,
                  layer: Array | None = None):
-        """x: (B,T,E). With a cache (every layer's: k, v (L,B,S,KV,Dh), pos (L,B,S)), writes this call's keys into
+        """x: (B,T,E). With a cache (every layer's: see init_cache), writes this call's keys into
         layer `layer` at cache_index, in place, and attends to every cached key of that layer whose position is
         valid (>= 0) and not after the query's. Only the new keys are written: rewriting a layer's whole cache
         each step (as a scan's per-layer outputs would) made decoding memory-bound."""
@@ -234,11 +234,18 @@ class Attention(nnx.Module):
             q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
         mask = None
         if cache is not None:
-            write = lambda full, new: jax.lax.dynamic_update_slice(
-                full, new[None].astype(full.dtype), (layer, 0, cache_index) + (0,) * (full.ndim - 3))
-            cache = {"k": write(cache["k"], k), "v": write(cache["v"], v), "pos": write(cache["pos"], positions)}
-            k, v, key_pos = (jax.lax.dynamic_index_in_dim(cache[name], layer, keepdims=False)
-                             for name in ("k", "v", "pos"))
+            # stored as the attention products read them, k (B,KV,Dh,S) and v (B,KV,S,Dh), so that no step
+            # transposes the whole cache (that was most of a batch-8 decoding step)
+            def write(name, new, seq_axis):
+                full = cache[name]
+                start = [layer] + [0] * (full.ndim - 1)
+                start[seq_axis] = cache_index
+                return jax.lax.dynamic_update_slice(full, new[None].astype(full.dtype), start)
+            cache = {"k": write("k", jnp.transpose(k, (0, 2, 3, 1)), 4),
+                     "v": write("v", jnp.transpose(v, (0, 2, 1, 3)), 3), "pos": write("pos", positions, 2)}
+            k_t, v_t, key_pos = (jax.lax.dynamic_index_in_dim(cache[name], layer, keepdims=False)
+                                 for name in ("k", "v", "pos"))
+            k, v = jnp.transpose(k_t, (0, 3, 1, 2)), jnp.transpose(v_t, (0, 2, 1, 3))  # (B,S,KV,Dh) views
             mask = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= positions[:, :, None])  # (B,T,S)
             k, v = k.astype(dt), v.astype(dt)
         y = attend(q, k, v, mask, cfg.attention)
@@ -322,10 +329,13 @@ class Transformer(nnx.Module):
         self.head = None if cfg.tie_embeddings else _param(rngs, (cfg.n_embd, cfg.vocab_size), ("embed", "vocab"), 0.02)
 
     def __call__(self, tokens: Array, positions: Array | None = None, cache: dict | None = None,
-                 cache_index: Array | None = None) -> tuple[Array, dict | None]:
+                 cache_index: Array | None = None, layer_states: tuple | None = None) -> tuple[Array, dict | None]:
         """tokens: (B,T) int32 -> logits (B,T,V) float32, and the updated cache (None without one).
 
-        positions default to 0..T-1; decoding passes each row's own positions (-1 marks left padding)."""
+        positions default to 0..T-1; decoding passes each row's own positions (-1 marks left padding).
+        layer_states (see split_layers), when given, replace the stacked block parameters: decoding passes them
+        so that no step copies a layer's weights out of the stack (slicing a stacked weight inside a compiled step
+        copies it, and a one-token step is bound by reading the weights)."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.compute_dtype)
         b, t = tokens.shape
@@ -346,7 +356,10 @@ class Transformer(nnx.Module):
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat])
         layers = jnp.arange(cfg.n_layer)
-        if cfg.scan_layers:
+        if layer_states is not None:
+            for i, state in enumerate(layer_states):
+                (x, cache), _ = layer((x, cache), (state, i))
+        elif cfg.scan_layers:
             (x, cache), _ = jax.lax.scan(layer, (x, cache), (block_state, layers))
         else:
             for i in range(cfg.n_layer):
@@ -360,12 +373,20 @@ class Transformer(nnx.Module):
         return logits, cache
 
 
+def split_layers(params) -> tuple:
+    """The stacked block parameters of params (the model's nnx.Param state) as one state per layer."""
+    blocks = params["blocks"]
+    n_layer = jax.tree.leaves(blocks)[0].shape[0]
+    return tuple(jax.tree.map(lambda a: a[i], blocks) for i in range(n_layer))
+
+
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:
-    """An empty KV cache for `length` positions: k, v (L,B,S,KV,Dh) in the compute dtype; pos (L,B,S) = -1."""
-    shape = (cfg.n_layer, batch, length, cfg.kv_heads, cfg.head_dim)
+    """An empty KV cache for `length` positions, in the compute dtype: k (L,B,KV,Dh,S) and v (L,B,KV,S,Dh), the
+    layouts the attention products read; pos (L,B,S) = -1 (empty)."""
+    layers, kv, dh = cfg.n_layer, cfg.kv_heads, cfg.head_dim
     dt = jnp.dtype(cfg.compute_dtype)
-    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt),
-            "pos": jnp.full((cfg.n_layer, batch, length), -1, jnp.int32)}
+    return {"k": jnp.zeros((layers, batch, kv, dh, length), dt), "v": jnp.zeros((layers, batch, kv, length, dh), dt),
+            "pos": jnp.full((layers, batch, length), -1, jnp.int32)}
 
 
 def abstract_model(cfg: ModelConfig) -> Transformer:
