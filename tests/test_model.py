@@ -114,10 +114,10 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 def test_bfloat16_dense_on_cpu_matches_float32_values_and_gradients(transpose_w, k, n):
     """The CPU bf16 path (custom VJP with materialised transposes) computes the same products as float32."""
     kx, kw, kb, kd = jax.random.split(jax.random.key(0), 4)
-    x = jax.random.normal(kx, (2, 8, k))
+    x = jax.random.normal(kx, (8, 8, k))  # 64 rows: fewer go the decoding way (float32 products)
     w = jax.random.normal(kw, (n, k) if transpose_w else (k, n)) / np.sqrt(k)
     bias = jax.random.normal(kb, (n,))
-    dy = jax.random.normal(kd, (2, 8, n))
+    dy = jax.random.normal(kd, (8, 8, n))
 
     def loss(x, w, bias, dtype):
         y = dense(x.astype(dtype), w, bias=None if transpose_w else bias, out_dtype=jnp.float32,
@@ -138,7 +138,7 @@ def test_bfloat16_training_step_runs_every_projection_as_a_bf16_matmul():
     cfg = dataclasses.replace(FAMILIES["gpt2"], compute_dtype="bfloat16", n_embd=64, vocab_size=128,
                               scan_layers=False)  # unrolled: each layer's products appear in the HLO
     graphdef, params = nnx.split(build(cfg), nnx.Param)
-    tokens = tokens_for(cfg, 2, 16)
+    tokens = tokens_for(cfg, 4, 16)  # 64 rows: fewer go the decoding way (float32 products)
 
     def loss(params):
         logits, _ = nnx.merge(graphdef, params)(tokens)
