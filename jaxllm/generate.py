@@ -26,7 +26,7 @@ from flax import nnx
 from jaxllm import checkpoint
 from jaxllm.cli import run_main
 from jaxllm.config import Config, ConfigError, ModelConfig, config_from_dict
-from jaxllm.model import abstract_model, init_cache, split_layers
+from jaxllm.model import abstract_model, init_cache, split_cache, split_layers
 from jaxllm.tokenizer import BOS, EOS, Tokenizer
 
 
@@ -78,6 +78,8 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
     """Yields the next token of every row, (B,) int, step by step, until every row has emitted a stop id or the
     budget is used; rows that stopped keep yielding tokens the caller ignores. Prompts longer than the context
     lose their start."""
+    if isinstance(params, nnx.State):  # plain arrays: a step's arguments flatten in C++, not through Variables
+        params = nnx.to_pure_dict(params)
     limit = cfg.block_size
     max_new = max(1, min(sampling.max_new_tokens, limit - 1))
     prompts = [p[-(limit - max_new):] or [BOS] for p in prompts]
@@ -94,7 +96,7 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
     token = sample_logits(last_logits, key, sampling.temperature, sampling.top_k, sampling.top_p)
     position = jnp.asarray(positions[:, -1] + 1)
     done = np.zeros(b, bool)
-    layer_states = split_layers(params)
+    layer_states, cache = split_layers(params), split_cache(cache)  # once: the steps never slice a stack
     settings = (sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed)
     for step in range(max_new):
         host_token = np.asarray(token)

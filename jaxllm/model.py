@@ -241,14 +241,18 @@ class Attention(nnx.Module):
         if cache is not None:
             # stored as the attention products read them, k (B,KV,Dh,S) and v (B,KV,S,Dh), so that no step
             # transposes the whole cache (that was most of a batch-8 decoding step)
+            # layer=None: the cache is this layer's alone (decoding, see split_cache), without the layer axis
             def write(name, new, seq_axis):
-                full = cache[name]
-                start = [layer] + [0] * (full.ndim - 1)
-                start[seq_axis] = cache_index
-                return jax.lax.dynamic_update_slice(full, new[None].astype(full.dtype), start)
+                full, new = cache[name], new.astype(cache[name].dtype)
+                start = [0] * full.ndim
+                start[seq_axis - (layer is None)] = cache_index
+                if layer is not None:
+                    start[0], new = layer, new[None]
+                return jax.lax.dynamic_update_slice(full, new, start)
             cache = {"k": write("k", jnp.transpose(k, (0, 2, 3, 1)), 4),
                      "v": write("v", jnp.transpose(v, (0, 2, 1, 3)), 3), "pos": write("pos", positions, 2)}
-            k_t, v_t, key_pos = (jax.lax.dynamic_index_in_dim(cache[name], layer, keepdims=False)
+            k_t, v_t, key_pos = (cache[name] if layer is None else
+                                 jax.lax.dynamic_index_in_dim(cache[name], layer, keepdims=False)
                                  for name in ("k", "v", "pos"))
             k, v = jnp.transpose(k_t, (0, 3, 1, 2)), jnp.transpose(v_t, (0, 2, 1, 3))  # (B,S,KV,Dh) views
             mask = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= positions[:, :, None])  # (B,T,S)
@@ -338,9 +342,10 @@ class Transformer(nnx.Module):
         """tokens: (B,T) int32 -> logits (B,T,V) float32, and the updated cache (None without one).
 
         positions default to 0..T-1; decoding passes each row's own positions (-1 marks left padding).
-        layer_states (see split_layers), when given, replace the stacked block parameters: decoding passes them
-        so that no step copies a layer's weights out of the stack (slicing a stacked weight inside a compiled step
-        copies it, and a one-token step is bound by reading the weights)."""
+        layer_states (see split_layers), when given, replace the stacked block parameters, and the cache is then a
+        tuple of per-layer caches (see split_cache): decoding passes them so that no step copies a layer's weights
+        or cache out of a stack (slicing a stacked array inside a compiled step copies it, and a one-token step is
+        bound by reading the weights)."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.compute_dtype)
         b, t = tokens.shape
@@ -362,8 +367,11 @@ class Transformer(nnx.Module):
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat])
         layers = jnp.arange(cfg.n_layer)
         if layer_states is not None:
-            for i, state in enumerate(layer_states):
-                (x, cache), _ = layer((x, cache), (state, i))
+            caches = []
+            for state, layer_cache in zip(layer_states, cache):
+                (x, layer_cache), _ = layer((x, layer_cache), (state, None))
+                caches.append(layer_cache)
+            cache = tuple(caches)
         elif cfg.scan_layers:
             (x, cache), _ = jax.lax.scan(layer, (x, cache), (block_state, layers))
         else:
@@ -383,6 +391,11 @@ def split_layers(params) -> tuple:
     blocks = params["blocks"]
     n_layer = jax.tree.leaves(blocks)[0].shape[0]
     return tuple(jax.tree.map(lambda a: a[i], blocks) for i in range(n_layer))
+
+
+def split_cache(cache: dict) -> tuple:
+    """A stacked cache (init_cache) as one cache per layer, for a model call given layer_states."""
+    return tuple({name: a[i] for name, a in cache.items()} for i in range(cache["pos"].shape[0]))
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:

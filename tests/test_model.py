@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jaxllm.config import ModelConfig
-from jaxllm.model import Transformer, attend, dense, gelu_tanh, init_cache, rope
+from jaxllm.model import Transformer, attend, dense, gelu_tanh, init_cache, rope, split_cache, split_layers
 
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 FAMILIES = {
@@ -39,9 +39,15 @@ def test_prefill_then_one_token_steps_equal_the_full_forward(name):
     cache = init_cache(cfg, 2, 12)
     prefill, cache = model(tokens[:, :5], cache=cache, cache_index=jnp.int32(0))
     np.testing.assert_allclose(prefill, full[:, :5], atol=1e-5)
-    for t in range(5, 12):
+    for t in range(5, 9):
         positions = jnp.full((2, 1), t, jnp.int32)
         step, cache = model(tokens[:, t:t + 1], positions, cache, jnp.int32(t))
+        np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)
+    # the decoding layout (jaxllm.generate): per-layer weights and per-layer caches, nothing sliced in a step
+    layer_states, caches = split_layers(nnx.state(model, nnx.Param)), split_cache(cache)
+    for t in range(9, 12):
+        positions = jnp.full((2, 1), t, jnp.int32)
+        step, caches = model(tokens[:, t:t + 1], positions, caches, jnp.int32(t), layer_states)
         np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)
 
 
