@@ -65,12 +65,14 @@ def _prefill(graphdef, params, tokens, positions, cache):
 
 @functools.partial(jax.jit, static_argnums=(0, 7), donate_argnums=(4,))
 def _decode(graphdef, params, layer_states, token, cache, position, index, sampling: tuple):
-    """One step: the newest token (B,) at `position` (B,) written at cache slot `index` -> next token (B,).
+    """One step: the newest token (B,) at `position` (B,) written at cache slot `index` -> the next token (B,),
+    its logits, the cache, and the next step's position and index (advanced here: no extra dispatch per token).
     layer_states: model.split_layers(params), made once per generation."""
     logits, cache = nnx.merge(graphdef, params)(token[:, None], position[:, None], cache, index, layer_states)
     temperature, top_k, top_p, key = sampling[0], sampling[1], sampling[2], jax.random.fold_in(
         jax.random.key(sampling[3]), index)
-    return sample_logits(logits[:, -1], key, temperature, top_k, top_p), logits[:, -1], cache
+    next_token = sample_logits(logits[:, -1], key, temperature, top_k, top_p)
+    return next_token, logits[:, -1], cache, position + 1, index + 1
 
 
 def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prompts: list[list[int]],
@@ -94,7 +96,7 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
     last_logits, cache = _prefill(graphdef, params, jnp.asarray(tokens), jnp.asarray(positions), cache)
     key = jax.random.fold_in(jax.random.key(sampling.seed), width - 1)  # keyed by the input's cache slot
     token = sample_logits(last_logits, key, sampling.temperature, sampling.top_k, sampling.top_p)
-    position = jnp.asarray(positions[:, -1] + 1)
+    position, index = jnp.asarray(positions[:, -1] + 1), jnp.int32(width)
     done = np.zeros(b, bool)
     layer_states, cache = split_layers(params), split_cache(cache)  # once: the steps never slice a stack
     settings = (sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed)
@@ -104,9 +106,8 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
         yield host_token
         if done.all() or step == max_new - 1:
             return
-        token, _, cache = _decode(graphdef, params, layer_states, token, cache, position, jnp.int32(width + step),
-                                  settings)
-        position = position + 1
+        token, _, cache, position, index = _decode(graphdef, params, layer_states, token, cache, position, index,
+                                                   settings)
 
 
 def _prompt_ids(prompt: str | list[int], encode: Callable) -> list[int]:
