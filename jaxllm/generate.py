@@ -101,13 +101,14 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
     layer_states, cache = split_layers(params), split_cache(cache)  # once: the steps never slice a stack
     settings = (sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed)
     for step in range(max_new):
+        if step < max_new - 1:  # dispatched before this token reaches the host: the device never waits on Python
+            following = _decode(graphdef, params, layer_states, token, cache, position, index, settings)
         host_token = np.asarray(token)
         done |= np.isin(host_token, stop_ids)
         yield host_token
         if done.all() or step == max_new - 1:
             return
-        token, _, cache, position, index = _decode(graphdef, params, layer_states, token, cache, position, index,
-                                                   settings)
+        token, _, cache, position, index = following
 
 
 def _prompt_ids(prompt: str | list[int], encode: Callable) -> list[int]:
