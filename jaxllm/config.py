@@ -40,7 +40,8 @@ class ModelConfig:
     compute_dtype: str = "float32"  # parameters stay float32; 'bfloat16' runs matmuls in bf16
     remat: str = "none"  # 'none' | 'full' | 'save_matmuls'
     scan_layers: bool = True
-    attention: str = "xla"  # 'xla': jax.nn.dot_product_attention; 'explicit': einsum + softmax
+    attention: str = "xla"  # 'xla': jax.nn.dot_product_attention (CPU training: model._cpu_causal_attention);
+    # 'explicit': einsum + softmax
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
 

@@ -95,6 +95,12 @@ def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names))
 
 
+def on_one_device() -> bool:
+    """True outside `jax.set_mesh` or on a one-device mesh: where the model may use its single-device CPU paths."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return mesh.empty or mesh.size == 1
+
+
 def named(mesh: Mesh, specs):
     """PartitionSpecs -> NamedShardings on this mesh (same tree structure)."""
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))

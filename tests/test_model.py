@@ -159,26 +159,27 @@ def test_bfloat16_training_step_runs_every_projection_as_a_bf16_matmul():
     assert all(a.startswith("bf16") and b.startswith("bf16") for a, b in weight_sized), weight_sized
 
 
-def test_bfloat16_causal_attention_on_cpu_matches_float32_values_and_gradients():
-    """The CPU bf16 attention (custom VJP over row-major batched products), grouped heads included, against the
-    float32 explicit implementation."""
+@pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 0.03)])
+def test_cpu_causal_attention_matches_the_explicit_one(dtype, tolerance):
+    """The CPU training attention (custom VJP over row-major batched products), grouped heads included, against
+    the explicit einsum implementation in float32: values and all three gradients."""
     kq, kk, kv, kd = jax.random.split(jax.random.key(0), 4)
     q = jax.random.normal(kq, (2, 16, 4, 8))
     k, v = jax.random.normal(kk, (2, 16, 2, 8)), jax.random.normal(kv, (2, 16, 2, 8))
     d_out = jax.random.normal(kd, (2, 16, 4, 8))
 
-    def loss(q, k, v, dtype):
-        out = attend(q.astype(dtype), k.astype(dtype), v.astype(dtype), None, "xla")
+    def loss(q, k, v, dtype, impl):
+        out = attend(q.astype(dtype), k.astype(dtype), v.astype(dtype), None, impl)
         assert out.dtype == dtype
         return jnp.sum(out.astype(jnp.float32) * d_out)
 
-    ref = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v, jnp.float32)
-    got = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v, jnp.bfloat16)
+    ref = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v, jnp.float32, "explicit")
+    got = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v, dtype, "xla")
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
-        np.testing.assert_allclose(np.asarray(a, np.float32), b, atol=0.03 * float(jnp.max(jnp.abs(b))))
-    # causal: the first query attends only to the first key, so its output is v[:, 0] exactly (to bf16 rounding)
-    out = attend(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), None, "xla")
-    np.testing.assert_allclose(np.asarray(out[:, 0], np.float32), np.repeat(v[:, 0], 2, axis=1), atol=0.02)
+        np.testing.assert_allclose(np.asarray(a, np.float32), b, atol=tolerance * float(jnp.max(jnp.abs(b))))
+    # causal: the first query attends only to the first key, so its output is v[:, 0] (to the dtype's rounding)
+    out = attend(q.astype(dtype), k.astype(dtype), v.astype(dtype), None, "xla")
+    np.testing.assert_allclose(np.asarray(out[:, 0], np.float32), np.repeat(v[:, 0], 2, axis=1), atol=tolerance)
 
 
 def test_gelu_in_sigmoid_form_is_the_tanh_approximation():
