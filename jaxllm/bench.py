@@ -1,11 +1,12 @@
 """Benchmarks: jaxllm against Hugging Face transformers on the same model and machine, and the Shakespeare speedrun.
 
-  python -m jaxllm.bench train --compare=hf [--experiment=base --model.*=...] [--steps=5] [--out=FILE.json]
+  python -m jaxllm.bench train --compare=hf [--experiment=base --model.*=...] [--steps=5] [--rounds=3] [--out=F.json]
   python -m jaxllm.bench generate --compare=hf [--experiment=base ...] [--new_tokens=64] [--out=FILE.json]
   python -m jaxllm.bench speedrun --data=PATH/tinyshakespeare.txt [--target=1.88]
 
 `train` times training steps after warm-up (jaxllm: float32 and bfloat16 compute; transformers: eager float32 and
-bfloat16 autocast), measures the matmul peak of each dtype (the better of JAX and PyTorch), and prints tokens/s,
+bfloat16 autocast) in interleaved rounds, each implementation's median over rounds, measures the matmul peak of
+each dtype (the better of JAX and PyTorch), and prints tokens/s,
 the ratio to transformers in float32, and MFU; then the compile time of the jaxllm train step against depth
 (2, 12, 24 layers, with the configured scan setting). `generate` times greedy decoding (prefill and one-token steps against a KV
 cache) at batch 1 and 8. `speedrun` runs experiments/shakespeare_char.py in a fresh process and reports the wall
@@ -30,7 +31,7 @@ import time
 from jaxllm.cli import run_main
 from jaxllm.config import Config, ConfigError, parse_cli
 
-FLAGS = ("compare", "steps", "warmup", "out", "new_tokens", "data", "target")
+FLAGS = ("compare", "steps", "warmup", "rounds", "out", "new_tokens", "data", "target")
 DEPTHS = (2, 12, 24)
 
 
@@ -188,7 +189,9 @@ def _describe(cfg: Config) -> dict:
             "batch_size": cfg.train.batch_size}
 
 
-def bench_train(cfg: Config, compare: str, steps: int, warmup: int) -> dict:
+def bench_train(cfg: Config, compare: str, steps: int, warmup: int, rounds: int) -> dict:
+    import numpy as np
+
     from jaxllm.perf import peak_flops
     from jaxllm.scaling import flops_per_token
 
@@ -197,15 +200,19 @@ def bench_train(cfg: Config, compare: str, steps: int, warmup: int) -> dict:
         peaks[dt] = {"jax": peak_flops(dt), **({"torch": _torch_peak(dt)} if compare else {})}
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size
     flops = flops_per_token(cfg.model)
-    rows = []
+    runners = []  # (row, one blocking step)
     for dt in ("float32", "bfloat16"):
         c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compute_dtype=dt))
-        run_step, _ = _jax_train_step(c)
-        rows.append({"impl": "jaxllm", "dtype": dt, "s_per_step": _timed(run_step, steps, warmup)})
+        runners.append(({"impl": "jaxllm", "dtype": dt}, _jax_train_step(c)[0]))
     if compare:
         for dt in ("float32", "bfloat16"):
-            rows.append({"impl": "transformers", "dtype": dt + (" autocast" if dt == "bfloat16" else " eager"),
-                         "s_per_step": _timed(_hf_train_step(cfg, dt), steps, warmup)})
+            runners.append(({"impl": "transformers", "dtype": dt + (" autocast" if dt == "bfloat16" else " eager")},
+                            _hf_train_step(cfg, dt)))
+    # Rounds interleave the implementations and each reports its median: this machine's speed drifts by 10% or
+    # more between minutes, and one block of steps per implementation turned that drift into the ratios.
+    times = [[_timed(run, steps, warmup if r == 0 else 0) for _, run in runners] for r in range(rounds)]
+    rows = [{**row, "s_per_step": float(np.median([t[i] for t in times])), "rounds": [t[i] for t in times]}
+            for i, (row, _) in enumerate(runners)]
     reference = next((r for r in rows if r["impl"] == "transformers" and r["dtype"].startswith("float32")), rows[0])
     for r in rows:
         r["tokens_per_s"] = tokens_per_step / r["s_per_step"]
@@ -215,7 +222,7 @@ def bench_train(cfg: Config, compare: str, steps: int, warmup: int) -> dict:
     for depth in DEPTHS:  # scanned, the default: unrolled layers compile in time growing with depth
         c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_layer=depth))
         compile_rows.append({"n_layer": depth, "scan_layers": c.model.scan_layers, "compile_s": _jax_train_step(c)[1]})
-    return {"model": _describe(cfg), "steps": steps, "warmup": warmup, "flops_per_token": flops,
+    return {"model": _describe(cfg), "steps": steps, "warmup": warmup, "rounds": rounds, "flops_per_token": flops,
             "peak_flops": peaks, "rows": rows, "compile": compile_rows}
 
 
@@ -310,7 +317,7 @@ def main(argv: list[str]) -> int:
         _setup_torch(compare)
         warmup, steps = int(flags.get("warmup", 2)), int(flags.get("steps", 5))
         if command == "train":
-            result = bench_train(cfg, compare, steps, warmup)
+            result = bench_train(cfg, compare, steps, warmup, int(flags.get("rounds", 3)))
             print_train(result)
         else:
             result = bench_generate(cfg, compare, int(flags.get("new_tokens", 64)), max(warmup, 1))
