@@ -13,14 +13,13 @@ A KV cache (`init_cache`) lets decoding attend to past keys without recomputing 
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxllm import sharding
+from jaxllm import cpu_kernels, sharding
 from jaxllm.config import ModelConfig
 
 Array = jax.Array
@@ -59,13 +58,6 @@ class Norm(nnx.Module):
         return y.astype(x.dtype)
 
 
-def _cpu_paths() -> bool:
-    """Whether to use the XLA:CPU paths below: on a CPU backend, one device. Their conditionals (see
-    _row_major_transpose) would add collectives on a sharded mesh, and multi-device CPU meshes test sharding here,
-    not speed."""
-    return jax.default_backend() == "cpu" and sharding.on_one_device()
-
-
 def dense(x: Array, w: Array, n_in: int = 1, bias: Array | None = None, out_dtype=None,
           transpose_w: bool = False) -> Array:
     """Contracts x's last n_in axes with w's first n_in axes, plus bias, as one 2-D matmul over (B*T, in) rows;
@@ -80,62 +72,19 @@ def dense(x: Array, w: Array, n_in: int = 1, bias: Array | None = None, out_dtyp
     else:
         w2, out_shape = w.reshape(math.prod(w.shape[:n_in]), -1), w.shape[n_in:]
     x2 = x.reshape(b * t, -1)
-    cpu_bf16 = x.dtype == jnp.bfloat16 and _cpu_paths()
+    cpu_bf16 = x.dtype == jnp.bfloat16 and cpu_kernels.on_cpu()
     if cpu_bf16 and b * t < 64:
         # a few rows (decoding): the product is bound by reading the weights, and XLA:CPU's bf16 kernel does not
         # take a single row (14.9 ms against 1.2 ms in float32 for a 1 x 1536 by 1536 x 9216 product here); the
         # float32 parameters are read as they are
         y = jnp.matmul(x2.astype(jnp.float32), (w2.T if transpose_w else w2).astype(jnp.float32))
-    elif cpu_bf16:
-        y = _cpu_bf16_matmul(x2, w2, transpose_w)  # float32: the bias is added before rounding, as in a GEMM epilogue
+    elif cpu_bf16:  # float32 result: the bias is added before rounding, as in a GEMM epilogue
+        y = cpu_kernels.bf16_matmul(x2, w2, transpose_w)
     else:
         y = jnp.matmul(x2, (w2.T if transpose_w else w2).astype(x.dtype), preferred_element_type=out_dtype)
     if bias is not None:
         y = y + bias.reshape(-1).astype(y.dtype)
     return y.astype(out_dtype or x.dtype).reshape(b, t, *out_shape)
-
-
-def _row_major_transpose(a: Array, perm: tuple[int, ...] | None = None) -> Array:
-    """jnp.transpose(a, perm) (default: reversed axes), materialised row-major. Left alone, XLA folds a transpose
-    into the matmul that reads it, and XLA:CPU then runs a bfloat16 matmul on its slow float32 path: its fast
-    kernel (YNNPACK, about 4x float32 here) takes only untransposed row-major operands. A conditional's result is
-    opaque to that folding, and splitting its last axis pins the row-major layout (otherwise the result is given
-    the transposed layout, for free, and the matmul reads it column-major)."""
-    perm = tuple(reversed(range(a.ndim))) if perm is None else perm
-    shape = tuple(a.shape[i] for i in perm)
-    k = math.gcd(shape[-1], 64)
-    pinned = lambda a: jnp.transpose(a, perm).reshape(*shape[:-1], shape[-1] // k, k)
-    first = a[(0,) * a.ndim]
-    return jax.lax.cond(first == first, pinned, pinned, a).reshape(shape)  # both branches are the same
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _cpu_bf16_matmul(x: Array, w: Array, transpose_w: bool) -> Array:
-    """x (M,K) bfloat16 @ w (K,N) float32 (or (N,K) with transpose_w) -> (M,N) float32, on XLA:CPU's fast bf16
-    kernel in both passes: every matmul, forward and backward, gets row-major untransposed bf16 operands."""
-    return _cpu_bf16_matmul_fwd(x, w, transpose_w)[0]
-
-
-def _cpu_bf16_matmul_fwd(x, w, transpose_w):
-    wb = w.astype(jnp.bfloat16)
-    y = jnp.matmul(x, _row_major_transpose(wb) if transpose_w else wb, preferred_element_type=jnp.float32)
-    return y, (x, wb)
-
-
-def _cpu_bf16_matmul_bwd(transpose_w, residuals, dy):
-    """dx = dy @ w.T and dw = x.T @ dy, each as a row-major bf16 matmul; of x and dy, the smaller one is transposed
-    (the weight gradient then comes out transposed: weight-sized, a cheap float32 transpose)."""
-    x, wb = residuals
-    dy = dy.astype(jnp.bfloat16)
-    mm = functools.partial(jnp.matmul, preferred_element_type=jnp.float32)
-    t = _row_major_transpose
-    dx = mm(dy, wb) if transpose_w else mm(dy, t(wb))
-    x_is_smaller = x.shape[1] <= dy.shape[1]
-    dw_in_out = mm(t(x), dy) if x_is_smaller else t(mm(t(dy), x))  # (K,N): x.T @ dy
-    return dx.astype(x.dtype), t(dw_in_out) if transpose_w else dw_in_out  # float32, like the parameter
-
-
-_cpu_bf16_matmul.defvjp(_cpu_bf16_matmul_fwd, _cpu_bf16_matmul_bwd)
 
 
 def rope(x: Array, positions: Array, theta: float) -> Array:
@@ -151,11 +100,11 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
 def attend(q: Array, k: Array, v: Array, mask: Array | None, impl: str) -> Array:
     """Softmax attention with grouped KV heads. q: (B,T,H,Dh); k, v: (B,S,KV,Dh); mask: (B,T,S) bool or None
     (None: causal over T == S). Returns (B,T,H,Dh). Scores and softmax are float32 in every implementation."""
-    if impl == "xla" and mask is None and _cpu_paths():
+    if impl == "xla" and mask is None and cpu_kernels.on_cpu():
         # training on XLA:CPU (where jax.nn.dot_product_attention is XLA's plain composition): row-major batched
         # products in both passes and a hand-written softmax gradient
         group = q.shape[2] // k.shape[2]
-        return _cpu_causal_attention(q, jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2))
+        return cpu_kernels.causal_attention(q, jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2))
     if impl == "xla":
         return jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None],
                                             is_causal=mask is None)
@@ -168,56 +117,6 @@ def attend(q: Array, k: Array, v: Array, mask: Array | None, impl: str) -> Array
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
-
-
-_HEADS_FIRST = (0, 2, 1, 3)  # (B,T,H,Dh) <-> (B,H,T,Dh)
-
-
-def _heads_first(x: Array, perm: tuple[int, ...] = _HEADS_FIRST) -> Array:
-    """(B,T,H,Dh) -> (B*H, T, Dh) row-major (perm (0,2,3,1): (B*H, Dh, T))."""
-    y = _row_major_transpose(x, perm)
-    return y.reshape(-1, *y.shape[2:])
-
-
-def _heads_last(x: Array, b: int, dtype) -> Array:
-    """(B*H, T, Dh) -> (B,T,H,Dh) row-major, in dtype."""
-    return _row_major_transpose(x.astype(dtype).reshape(b, -1, *x.shape[1:]), _HEADS_FIRST)
-
-
-@jax.custom_vjp
-def _cpu_causal_attention(q: Array, k: Array, v: Array) -> Array:
-    """Causal softmax attention, q, k, v: (B,T,H,Dh) -> (B,T,H,Dh) in their dtype, every product a batched
-    row-major matmul over B*H heads (see _row_major_transpose: in bf16 that is XLA:CPU's fast kernel), scores,
-    softmax and its gradient in float32. Measured here (GPT-2 6 x 384, T=256, batch 8): the bf16 train step went
-    from 720 to 576 ms with it, the float32 one from about 1,140 to 1,004 ms."""
-    return _cpu_causal_attention_fwd(q, k, v)[0]
-
-
-def _cpu_causal_attention_fwd(q, k, v):
-    b, t, _, dh = q.shape
-    mm = functools.partial(jnp.matmul, preferred_element_type=jnp.float32)
-    scores = mm(_heads_first(q), _heads_first(k, (0, 2, 3, 1))) / math.sqrt(dh)  # (B*H, T, S)
-    scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    out = mm(probs.astype(q.dtype), _heads_first(v))  # (B*H, T, Dh)
-    return _heads_last(out, b, q.dtype), (q, k, v, probs)
-
-
-def _cpu_causal_attention_bwd(residuals, d_out):
-    q, k, v, probs = residuals
-    b, dh = q.shape[0], q.shape[-1]
-    mm = functools.partial(jnp.matmul, preferred_element_type=jnp.float32)
-    d_out = _heads_first(d_out.astype(q.dtype))  # (B*H, T, Dh)
-    d_probs = mm(d_out, _heads_first(v, (0, 2, 3, 1)))  # (B*H, T, S)
-    d_v = mm(_row_major_transpose(probs.astype(q.dtype), (0, 2, 1)), d_out)  # (B*H, S, Dh)
-    d_scores = (probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True)) / math.sqrt(dh)
-                ).astype(q.dtype)
-    d_q = mm(d_scores, _heads_first(k))
-    d_k = mm(_row_major_transpose(d_scores, (0, 2, 1)), _heads_first(q))
-    return _heads_last(d_q, b, q.dtype), _heads_last(d_k, b, q.dtype), _heads_last(d_v, b, q.dtype)
-
-
-_cpu_causal_attention.defvjp(_cpu_causal_attention_fwd, _cpu_causal_attention_bwd)
 
 
 class Attention(nnx.Module):
