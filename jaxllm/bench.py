@@ -8,8 +8,9 @@
 bfloat16 autocast) in interleaved rounds, each implementation's median over rounds, measures the matmul peak of
 each dtype (the better of JAX and PyTorch), and prints tokens/s, the ratio to transformers in float32, and MFU;
 then the compile time of the jaxllm train step against depth (2, 12, 24 layers, with the configured scan setting).
-`generate` times greedy decoding (prefill and one-token steps against a KV cache) at batch 1 and 8. `speedrun` runs experiments/shakespeare_char.py in a fresh process and reports the wall
-time from process start to the first evaluation at or below the target loss. Each writes its results as JSON.
+`generate` times greedy decoding (prefill and one-token steps against a KV cache) at batch 1 and 8. `speedrun`
+runs experiments/shakespeare_char.py in a fresh process and reports the wall time from process start to the
+first evaluation at or below the target loss. Each writes its results as JSON.
 
 Models are randomly initialised (speed does not depend on the values). torch and transformers come from
 requirements-dev.txt: they are imported here only, never by the runtime.
