@@ -40,8 +40,9 @@ class ModelConfig:
     compute_dtype: str = "float32"  # parameters stay float32; 'bfloat16' runs matmuls in bf16
     remat: str = "none"  # 'none' | 'full' | 'save_matmuls'
     scan_layers: bool = True
-    attention: str = "xla"  # 'xla': jax.nn.dot_product_attention (CPU training: model._cpu_causal_attention);
+    # 'xla': jax.nn.dot_product_attention (training on one CPU device: cpu_kernels.causal_attention);
     # 'explicit': einsum + softmax
+    attention: str = "xla"
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
 
