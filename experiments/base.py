@@ -1,6 +1,9 @@
 """base: a small GPT-2-style model on the embedded corpus (the Python stdlib).
 
-350 steps of 16 x 256 tokens: about 8 minutes on an idle 2-core CPU, data preparation and compilation included.
+700 steps of 16 x 256 tokens, bf16 matmuls, remat of all but the matmul outputs. The train step measured here:
+495 ms, against 1,016 ms in float32 without remat and 868 ms in float32 with it; 350 steps in float32 took
+6.5 minutes to val_bpb 1.890, 350 steps in bf16 3.2 minutes to 1.898, and these 700 steps 6.3 minutes to 1.673
+(an idle 2-core CPU, data preparation and compilation included).
 """
 
 from jaxllm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
@@ -9,8 +12,9 @@ from jaxllm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainCon
 def config() -> Config:
     return Config(
         name="base",
-        model=ModelConfig(family="gpt2", vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_embd=256),
+        model=ModelConfig(family="gpt2", vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_embd=256,
+                          compute_dtype="bfloat16", remat="save_matmuls"),
         data=DataConfig(sources=("stdlib",)),
         optim=OptimConfig(lr=3e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1),
-        train=TrainConfig(steps=350, batch_size=16, log_every=10, eval_every=100, checkpoint_every=100),
+        train=TrainConfig(steps=700, batch_size=16, log_every=10, eval_every=100, checkpoint_every=100),
     )
