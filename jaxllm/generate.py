@@ -26,7 +26,7 @@ from flax import nnx
 from jaxllm import checkpoint
 from jaxllm.cli import run_main
 from jaxllm.config import Config, ConfigError, ModelConfig, config_from_dict
-from jaxllm.model import abstract_model, init_cache, split_cache, split_layers
+from jaxllm.model import abstract_model, init_cache, split_layers
 from jaxllm.tokenizer import BOS, EOS, Tokenizer
 
 
@@ -98,7 +98,7 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
     token = sample_logits(last_logits, key, sampling.temperature, sampling.top_k, sampling.top_p)
     position, index = jnp.asarray(positions[:, -1] + 1), jnp.int32(width)
     done = np.zeros(b, bool)
-    layer_states, cache = split_layers(params), split_cache(cache)  # once: the steps never slice a stack
+    layer_states = split_layers(params)  # once: the steps never slice a stack
     settings = (sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed)
     for step in range(max_new):
         if step < max_new - 1:  # dispatched before this token reaches the host: the device never waits on Python

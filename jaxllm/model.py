@@ -134,12 +134,9 @@ class Attention(nnx.Module):
         self.v_bias = _param(None, (kv, dh), ("kv_heads", "head_dim"), None) if bias else None
         self.o_bias = _param(None, (e,), ("embed",), None) if bias else None
 
-    def __call__(self, x: Array, positions: Array, cache: dict | None, cache_index: Array | None,
-                 layer: Array | None = None):
-        """x: (B,T,E). With a cache (every layer's: see init_cache), writes this call's keys into
-        layer `layer` at cache_index, in place, and attends to every cached key of that layer whose position is
-        valid (>= 0) and not after the query's. Only the new keys are written: rewriting a layer's whole cache
-        each step (as a scan's per-layer outputs would) made decoding memory-bound."""
+    def __call__(self, x: Array, positions: Array, cache: dict | None, cache_index: Array | None):
+        """x: (B,T,E). With this layer's cache (see init_cache), writes this call's keys at cache_index, in place,
+        and attends to every cached key whose position is valid (>= 0) and not after the query's."""
         cfg, dt = self.cfg, x.dtype
         bias = (lambda b: None if b is None else b[...])
         q = dense(x, self.q[...], bias=bias(self.q_bias))  # (B,T,H,Dh)
@@ -151,22 +148,15 @@ class Attention(nnx.Module):
         if cache is not None:
             # stored as the attention products read them, k (B,KV,Dh,S) and v (B,KV,S,Dh), so that no step
             # transposes the whole cache (that was most of a batch-8 decoding step)
-            # layer=None: the cache is this layer's alone (decoding, see split_cache), without the layer axis
-            def write(name, new, seq_axis):
-                full, new = cache[name], new.astype(cache[name].dtype)
-                start = [0] * full.ndim
-                start[seq_axis - (layer is None)] = cache_index
-                if layer is not None:
-                    start[0], new = layer, new[None]
-                return jax.lax.dynamic_update_slice(full, new, start)
-            cache = {"k": write("k", jnp.transpose(k, (0, 2, 3, 1)), 4),
-                     "v": write("v", jnp.transpose(v, (0, 2, 1, 3)), 3), "pos": write("pos", positions, 2)}
-            k_t, v_t, key_pos = (cache[name] if layer is None else
-                                 jax.lax.dynamic_index_in_dim(cache[name], layer, keepdims=False)
-                                 for name in ("k", "v", "pos"))
-            k, v = jnp.transpose(k_t, (0, 3, 1, 2)), jnp.transpose(v_t, (0, 2, 1, 3))  # (B,S,KV,Dh) views
+            write = lambda full, new, seq_axis: jax.lax.dynamic_update_slice_in_dim(
+                full, new.astype(full.dtype), cache_index, axis=seq_axis)
+            cache = {"k": write(cache["k"], jnp.transpose(k, (0, 2, 3, 1)), 3),
+                     "v": write(cache["v"], jnp.transpose(v, (0, 2, 1, 3)), 2),
+                     "pos": write(cache["pos"], positions, 1)}
+            k = jnp.transpose(cache["k"], (0, 3, 1, 2)).astype(dt)  # (B,S,KV,Dh) views
+            v = jnp.transpose(cache["v"], (0, 2, 1, 3)).astype(dt)
+            key_pos = cache["pos"]
             mask = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= positions[:, :, None])  # (B,T,S)
-            k, v = k.astype(dt), v.astype(dt)
         y = attend(q, k, v, mask, cfg.attention)
         y = dense(y, self.o[...], n_in=2, bias=bias(self.o_bias))  # (B,T,E)
         return y, cache
@@ -212,8 +202,8 @@ class Block(nnx.Module):
         self.norm2 = Norm(cfg)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x, positions, cache, cache_index, layer):
-        y, cache = self.attn(self.norm1(x), positions, cache, cache_index, layer)
+    def __call__(self, x, positions, cache, cache_index):
+        y, cache = self.attn(self.norm1(x), positions, cache, cache_index)
         x = x + y
         return x + self.mlp(self.norm2(x)), cache
 
@@ -247,15 +237,14 @@ class Transformer(nnx.Module):
         self.norm = Norm(cfg)
         self.head = None if cfg.tie_embeddings else _param(rngs, (cfg.n_embd, cfg.vocab_size), ("embed", "vocab"), 0.02)
 
-    def __call__(self, tokens: Array, positions: Array | None = None, cache: dict | None = None,
-                 cache_index: Array | None = None, layer_states: tuple | None = None) -> tuple[Array, dict | None]:
+    def __call__(self, tokens: Array, positions: Array | None = None, cache: tuple | None = None,
+                 cache_index: Array | None = None, layer_states: tuple | None = None) -> tuple[Array, tuple | None]:
         """tokens: (B,T) int32 -> logits (B,T,V) float32, and the updated cache (None without one).
 
         positions default to 0..T-1; decoding passes each row's own positions (-1 marks left padding).
-        layer_states (see split_layers), when given, replace the stacked block parameters, and the cache is then a
-        tuple of per-layer caches (see split_cache): decoding passes them so that no step copies a layer's weights
-        or cache out of a stack (slicing a stacked array inside a compiled step copies it, and a one-token step is
-        bound by reading the weights)."""
+        With a cache (init_cache: one per layer) the layers run one by one; decoding also passes layer_states
+        (split_layers), so that no step copies a layer's weights out of the stack (slicing a stacked array inside
+        a compiled step copies it, and a one-token step is bound by reading the weights)."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.compute_dtype)
         b, t = tokens.shape
@@ -268,25 +257,25 @@ class Transformer(nnx.Module):
 
         graphdef, block_state = nnx.split(self.blocks)
 
-        def layer(x_and_cache, state_and_index):  # the whole cache rides in the carry: updated in place
-            (x, cache), (state, i) = x_and_cache, state_and_index
+        def layer(x, state, layer_cache=None):
             x = sharding.constrain(x, ("batch", None, None))
-            return nnx.merge(graphdef, state)(x, positions, cache, cache_index, i), None
+            return nnx.merge(graphdef, state)(x, positions, layer_cache, cache_index)
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat])
-        layers = jnp.arange(cfg.n_layer)
-        if layer_states is not None:
+        if cache is not None:  # prefill and decoding: each layer writes its own cache in place
+            if layer_states is None:
+                layer_states = split_layers(block_state)
             caches = []
             for state, layer_cache in zip(layer_states, cache):
-                (x, layer_cache), _ = layer((x, layer_cache), (state, None))
+                x, layer_cache = layer(x, state, layer_cache)
                 caches.append(layer_cache)
             cache = tuple(caches)
         elif cfg.scan_layers:
-            (x, cache), _ = jax.lax.scan(layer, (x, cache), (block_state, layers))
+            x, _ = jax.lax.scan(lambda x, state: layer(x, state), x, block_state)
         else:
-            for i in range(cfg.n_layer):
-                (x, cache), _ = layer((x, cache), jax.tree.map(lambda a: a[i], (block_state, layers)))
+            for state in split_layers(block_state):
+                x, _ = layer(x, state)
 
         x = self.norm(x)
         if self.head is None:  # tied: the embedding table (V,E) is the head, transposed
@@ -297,24 +286,19 @@ class Transformer(nnx.Module):
 
 
 def split_layers(params) -> tuple:
-    """The stacked block parameters of params (the model's nnx.Param state) as one state per layer."""
-    blocks = params["blocks"]
+    """Stacked block parameters (params["blocks"], or that subtree itself) as one state per layer."""
+    blocks = params["blocks"] if "blocks" in params else params
     n_layer = jax.tree.leaves(blocks)[0].shape[0]
     return tuple(jax.tree.map(lambda a: a[i], blocks) for i in range(n_layer))
 
 
-def split_cache(cache: dict) -> tuple:
-    """A stacked cache (init_cache) as one cache per layer, for a model call given layer_states."""
-    return tuple({name: a[i] for name, a in cache.items()} for i in range(cache["pos"].shape[0]))
-
-
-def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict:
-    """An empty KV cache for `length` positions, in the compute dtype: k (L,B,KV,Dh,S) and v (L,B,KV,S,Dh), the
-    layouts the attention products read; pos (L,B,S) = -1 (empty)."""
-    layers, kv, dh = cfg.n_layer, cfg.kv_heads, cfg.head_dim
+def init_cache(cfg: ModelConfig, batch: int, length: int) -> tuple:
+    """An empty KV cache for `length` positions, one per layer, in the compute dtype: k (B,KV,Dh,S) and
+    v (B,KV,S,Dh), the layouts the attention products read; pos (B,S) = -1 (empty)."""
+    kv, dh = cfg.kv_heads, cfg.head_dim
     dt = jnp.dtype(cfg.compute_dtype)
-    return {"k": jnp.zeros((layers, batch, kv, dh, length), dt), "v": jnp.zeros((layers, batch, kv, length, dh), dt),
-            "pos": jnp.full((layers, batch, length), -1, jnp.int32)}
+    return tuple({"k": jnp.zeros((batch, kv, dh, length), dt), "v": jnp.zeros((batch, kv, length, dh), dt),
+                  "pos": jnp.full((batch, length), -1, jnp.int32)} for _ in range(cfg.n_layer))
 
 
 def abstract_model(cfg: ModelConfig) -> Transformer:

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jaxllm.config import ModelConfig
-from jaxllm.model import Transformer, attend, dense, gelu_tanh, init_cache, rope, split_cache, split_layers
+from jaxllm.model import Transformer, attend, dense, gelu_tanh, init_cache, rope, split_layers
 
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 FAMILIES = {
@@ -43,11 +43,11 @@ def test_prefill_then_one_token_steps_equal_the_full_forward(name):
         positions = jnp.full((2, 1), t, jnp.int32)
         step, cache = model(tokens[:, t:t + 1], positions, cache, jnp.int32(t))
         np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)
-    # the decoding layout (jaxllm.generate): per-layer weights and per-layer caches, nothing sliced in a step
-    layer_states, caches = split_layers(nnx.state(model, nnx.Param)), split_cache(cache)
+    # as jaxllm.generate decodes: per-layer weights handed in, nothing sliced in a step
+    layer_states = split_layers(nnx.state(model, nnx.Param))
     for t in range(9, 12):
         positions = jnp.full((2, 1), t, jnp.int32)
-        step, caches = model(tokens[:, t:t + 1], positions, caches, jnp.int32(t), layer_states)
+        step, cache = model(tokens[:, t:t + 1], positions, cache, jnp.int32(t), layer_states)
         np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)
 
 
