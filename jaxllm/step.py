@@ -86,8 +86,9 @@ def _moment_specs(opt_shapes, params_shapes: dict, pspecs: dict):
             keys.append(entry.key)
         return tuple(reversed(keys))
 
-    by_key = {param_key(path): (leaf.shape, spec) for (path, leaf), spec in zip(
-        jax.tree_util.tree_flatten_with_path(params_shapes)[0], jax.tree.leaves(pspecs, is_leaf=lambda x: isinstance(x, P)))}
+    param_leaves = jax.tree_util.tree_flatten_with_path(params_shapes)[0]
+    spec_leaves = jax.tree.leaves(pspecs, is_leaf=lambda x: isinstance(x, P))
+    by_key = {param_key(path): (leaf.shape, spec) for (path, leaf), spec in zip(param_leaves, spec_leaves)}
 
     def spec(path, leaf):
         shape, param_spec = by_key.get(param_key(path), (None, P()))

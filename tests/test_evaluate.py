@@ -65,3 +65,12 @@ def test_evaluate_lineage_end_to_end(tiny_lineage, capsys):
     assert [r["stage"] for r in results["runs"].values()] == ["base", "sft", "dpo"]
     dpo = results["runs"][str(root / "dpo")]
     assert 0 <= dpo["dpo_heldout"]["reward_acc"] <= 1 and dpo["mc_items"] == 20 and dpo["mc_chance"] == 0.5
+
+
+def test_chat_tasks_a_character_tokenizer_cannot_encode_are_named_not_crashed_on(tmp_path):
+    from jaxllm import tokenizer as tok
+    chars = tok.train_char(["to be or not to be?\n"], tmp_path / "tokenizer.json")
+    items = [{"question": "to be?", "choices": ["be", "not"], "answer": 0}]
+    assert evaluate._unencodable(chars, items, ["or not"]) == ""
+    assert "'`'" in evaluate._unencodable(chars, items, ["`x`"])
+    assert "'Z'" in evaluate._unencodable(chars, [{**items[0], "choices": ["Zed", "be"]}], [])
