@@ -26,7 +26,7 @@ from flax import nnx
 from jaxllm import checkpoint
 from jaxllm.cli import run_main
 from jaxllm.config import Config, ConfigError, ModelConfig, config_from_dict
-from jaxllm.model import abstract_model, init_cache, split_layers
+from jaxllm.model import abstract_model, decode_weights, init_cache
 from jaxllm.tokenizer import BOS, EOS, Tokenizer
 
 
@@ -57,22 +57,35 @@ def sample_logits(logits: jax.Array, key: jax.Array, temperature: float, top_k: 
     return jax.random.categorical(key, logits).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _prefill(graphdef, params, tokens, positions, cache):
-    logits, cache = nnx.merge(graphdef, params)(tokens, positions, cache, jnp.int32(0))
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(6,))
+def _prefill(graphdef, params, layer_states, head, tokens, positions, cache):
+    logits, cache = nnx.merge(graphdef, params)(tokens, positions, cache, jnp.int32(0), layer_states, head)
     return logits[:, -1], cache
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7), donate_argnums=(4,))
-def _decode(graphdef, params, layer_states, token, cache, position, index, sampling: tuple):
-    """One step: the newest token (B,) at `position` (B,) written at cache slot `index` -> the next token (B,),
-    its logits, the cache, and the next step's position and index (advanced here: no extra dispatch per token).
-    layer_states: model.split_layers(params), made once per generation."""
-    logits, cache = nnx.merge(graphdef, params)(token[:, None], position[:, None], cache, index, layer_states)
-    temperature, top_k, top_p, key = sampling[0], sampling[1], sampling[2], jax.random.fold_in(
-        jax.random.key(sampling[3]), index)
-    next_token = sample_logits(logits[:, -1], key, temperature, top_k, top_p)
-    return next_token, logits[:, -1], cache, position + 1, index + 1
+# decoding steps per dispatch: one compiled loop runs them, so that per-token host work (argument handling, reading
+# the token) is paid once per chunk; streaming shows the chunk's tokens one by one. Measured here (GPT-2 6 x 384,
+# batch 8, bf16): 4.4 ms per token one step per dispatch, 3.3 ms with chunks of 8.
+DECODE_CHUNK = 8
+
+
+@functools.partial(jax.jit, static_argnums=(0, 8, 9), donate_argnums=(5,))
+def _decode(graphdef, params, layer_states, head, token, cache, position, index, sampling: tuple, steps: int):
+    """`steps` decoding steps: from the newest token (B,) at `position` (B,), written at cache slot `index`, to the
+    tokens (steps, B) that follow it, the cache, and the next call's token, position and index.
+    layer_states, head: model.decode_weights(...), made once per generation."""
+    model = nnx.merge(graphdef, params)
+    temperature, top_k, top_p, seed = sampling
+
+    def step(carry, _):
+        token, cache, position, index = carry
+        logits, cache = model(token[:, None], position[:, None], cache, index, layer_states, head)
+        token = sample_logits(logits[:, -1], jax.random.fold_in(jax.random.key(seed), index), temperature, top_k,
+                              top_p)
+        return (token, cache, position + 1, index + 1), token
+
+    (token, cache, position, index), tokens = jax.lax.scan(step, (token, cache, position, index), length=steps)
+    return tokens, token, cache, position, index
 
 
 def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prompts: list[list[int]],
@@ -92,23 +105,35 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
     for i, p in enumerate(prompts):  # left padding: every prompt ends at the same column
         tokens[i, width - len(p):] = p
         positions[i, width - len(p):] = np.arange(len(p))
-    cache = init_cache(cfg, b, width + max_new)
-    last_logits, cache = _prefill(graphdef, params, jnp.asarray(tokens), jnp.asarray(positions), cache)
+    # the prefill samples the first token; the decoding loop the other max_new - 1, in whole chunks (the tokens
+    # after the budget are computed and dropped: one compiled chunk length per generation)
+    chunk = max(1, min(DECODE_CHUNK, max_new - 1))
+    n_chunks = -(-(max_new - 1) // chunk)
+    layer_states, head = _decode_weights(params, cfg, b)  # once: no step slices a stack nor casts
+    cache = _init_cache(cfg, b, width + n_chunks * chunk)
+    last_logits, cache = _prefill(graphdef, params, layer_states, head, jnp.asarray(tokens), jnp.asarray(positions),
+                                  cache)
     key = jax.random.fold_in(jax.random.key(sampling.seed), width - 1)  # keyed by the input's cache slot
     token = sample_logits(last_logits, key, sampling.temperature, sampling.top_k, sampling.top_p)
     position, index = jnp.asarray(positions[:, -1] + 1), jnp.int32(width)
-    done = np.zeros(b, bool)
-    layer_states = split_layers(params)  # once: the steps never slice a stack
     settings = (sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed)
-    for step in range(max_new):
-        if step < max_new - 1:  # dispatched before this token reaches the host: the device never waits on Python
-            following = _decode(graphdef, params, layer_states, token, cache, position, index, settings)
-        host_token = np.asarray(token)
-        done |= np.isin(host_token, stop_ids)
-        yield host_token
-        if done.all() or step == max_new - 1:
-            return
-        token, _, cache, position, index = following
+    done = np.zeros(b, bool)
+    pending, produced = np.asarray(token)[None], 0
+    for c in range(n_chunks + 1):
+        if c < n_chunks:  # dispatched before the pending tokens reach the host: the device never waits on Python
+            following = _decode(graphdef, params, layer_states, head, token, cache, position, index, settings, chunk)
+            token, cache, position, index = following[1:]
+        for host_token in pending:
+            done |= np.isin(host_token, stop_ids)
+            yield host_token
+            produced += 1
+            if done.all() or produced == max_new:
+                return
+        pending = np.asarray(following[0])
+
+
+_decode_weights = jax.jit(decode_weights, static_argnums=(1, 2))
+_init_cache = jax.jit(init_cache, static_argnums=(0, 1, 2))
 
 
 def _prompt_ids(prompt: str | list[int], encode: Callable) -> list[int]:

@@ -73,10 +73,13 @@ def dense(x: Array, w: Array, n_in: int = 1, bias: Array | None = None, out_dtyp
         w2, out_shape = w.reshape(math.prod(w.shape[:n_in]), -1), w.shape[n_in:]
     x2 = x.reshape(b * t, -1)
     cpu_bf16 = x.dtype == jnp.bfloat16 and cpu_kernels.on_cpu()
-    if cpu_bf16 and b * t < 64:
-        # a few rows (decoding): the product is bound by reading the weights, and XLA:CPU's bf16 kernel does not
-        # take a single row (14.9 ms against 1.2 ms in float32 for a 1 x 1536 by 1536 x 9216 product here); the
-        # float32 parameters are read as they are
+    if cpu_bf16 and b * t < 64 and w.dtype == jnp.bfloat16 and b * t > 1 and not transpose_w:
+        # a few rows (decoding) with weights cast to bf16 once per generation (jaxllm.generate): the product is
+        # bound by reading the weights, half as many bytes
+        y = jnp.matmul(x2, w2, preferred_element_type=jnp.float32)
+    elif cpu_bf16 and b * t < 64:
+        # XLA:CPU's bf16 kernel does not take a single row (14.9 ms against 1.2 ms in float32 for a 1 x 1536 by
+        # 1536 x 9216 product here): float32 parameters are read as they are
         y = jnp.matmul(x2.astype(jnp.float32), (w2.T if transpose_w else w2).astype(jnp.float32))
     elif cpu_bf16:  # float32 result: the bias is added before rounding, as in a GEMM epilogue
         y = cpu_kernels.bf16_matmul(x2, w2, transpose_w)
@@ -119,6 +122,26 @@ def attend(q: Array, k: Array, v: Array, mask: Array | None, impl: str) -> Array
     return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
 
 
+
+def attend_cached(q: Array, k: Array, v: Array, mask: Array, impl: str) -> Array:
+    """Attention to a KV cache in its stored layouts (init_cache), k (B*KV,Dh,S) and v (B*KV,S,Dh). q: (B,T,H,Dh);
+    mask: (B,T,S). Off CPU with impl 'xla', jax.nn.dot_product_attention on (B,S,KV,Dh) views; otherwise batched
+    products over the B*KV cache rows that read the cache as it is stored."""
+    b, t, h, dh = q.shape
+    kv, s = k.shape[0] // b, k.shape[-1]
+    if impl == "xla" and not cpu_kernels.on_cpu():
+        k = jnp.transpose(k.reshape(b, kv, dh, s), (0, 3, 1, 2))
+        return attend(q, k.astype(q.dtype), jnp.transpose(v.reshape(b, kv, s, dh), (0, 2, 1, 3)).astype(q.dtype),
+                      mask, impl)
+    g = h // kv
+    queries = jnp.transpose(q.reshape(b, t, kv, g, dh), (0, 2, 1, 3, 4)).reshape(b * kv, t * g, dh)
+    scores = jnp.einsum("nqd,nds->nqs", queries.astype(k.dtype), k, preferred_element_type=jnp.float32)
+    scores = scores.reshape(b, kv, t, g, s) / math.sqrt(dh)
+    scores = jnp.where(mask[:, None, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b * kv, t * g, s)
+    out = jnp.einsum("nqs,nsd->nqd", probs, v).reshape(b, kv, t, g, dh)
+    return jnp.transpose(out, (0, 2, 1, 3, 4)).reshape(b, t, h, dh).astype(q.dtype)
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         e, h, kv, dh = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim
@@ -144,20 +167,19 @@ class Attention(nnx.Module):
         v = dense(x, self.v[...], bias=bias(self.v_bias))
         if cfg.family == "llama":
             q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
-        mask = None
-        if cache is not None:
-            # stored as the attention products read them, k (B,KV,Dh,S) and v (B,KV,S,Dh), so that no step
-            # transposes the whole cache (that was most of a batch-8 decoding step)
+        if cache is None:
+            y = attend(q, k, v, None, cfg.attention)
+        else:
+            # stored as the attention products read them (see init_cache); this call's T keys written in place
             write = lambda full, new, seq_axis: jax.lax.dynamic_update_slice_in_dim(
                 full, new.astype(full.dtype), cache_index, axis=seq_axis)
-            cache = {"k": write(cache["k"], jnp.transpose(k, (0, 2, 3, 1)), 3),
-                     "v": write(cache["v"], jnp.transpose(v, (0, 2, 1, 3)), 2),
+            rows = lambda x, perm: jnp.transpose(x, perm).reshape(-1, *[x.shape[i] for i in perm[2:]])
+            cache = {"k": write(cache["k"], rows(k, (0, 2, 3, 1)), 2),  # (B*KV,Dh,T) into (B*KV,Dh,S)
+                     "v": write(cache["v"], rows(v, (0, 2, 1, 3)), 1),  # (B*KV,T,Dh) into (B*KV,S,Dh)
                      "pos": write(cache["pos"], positions, 1)}
-            k = jnp.transpose(cache["k"], (0, 3, 1, 2)).astype(dt)  # (B,S,KV,Dh) views
-            v = jnp.transpose(cache["v"], (0, 2, 1, 3)).astype(dt)
             key_pos = cache["pos"]
             mask = (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] <= positions[:, :, None])  # (B,T,S)
-        y = attend(q, k, v, mask, cfg.attention)
+            y = attend_cached(q, cache["k"], cache["v"], mask, cfg.attention)
         y = dense(y, self.o[...], n_in=2, bias=bias(self.o_bias))  # (B,T,E)
         return y, cache
 
@@ -238,13 +260,15 @@ class Transformer(nnx.Module):
         self.head = None if cfg.tie_embeddings else _param(rngs, (cfg.n_embd, cfg.vocab_size), ("embed", "vocab"), 0.02)
 
     def __call__(self, tokens: Array, positions: Array | None = None, cache: tuple | None = None,
-                 cache_index: Array | None = None, layer_states: tuple | None = None) -> tuple[Array, tuple | None]:
+                 cache_index: Array | None = None, layer_states: tuple | None = None,
+                 head: Array | None = None) -> tuple[Array, tuple | None]:
         """tokens: (B,T) int32 -> logits (B,T,V) float32, and the updated cache (None without one).
 
         positions default to 0..T-1; decoding passes each row's own positions (-1 marks left padding).
         With a cache (init_cache: one per layer) the layers run one by one; decoding also passes layer_states
         (split_layers), so that no step copies a layer's weights out of the stack (slicing a stacked array inside
-        a compiled step copies it, and a one-token step is bound by reading the weights)."""
+        a compiled step copies it, and a one-token step is bound by reading the weights), and may pass the output
+        head as an (E,V) matrix (decode_weights: the tied one transposed once per generation)."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.compute_dtype)
         b, t = tokens.shape
@@ -278,7 +302,9 @@ class Transformer(nnx.Module):
                 x, _ = layer(x, state)
 
         x = self.norm(x)
-        if self.head is None:  # tied: the embedding table (V,E) is the head, transposed
+        if head is not None:
+            logits = dense(x, head, out_dtype=jnp.float32)
+        elif self.head is None:  # tied: the embedding table (V,E) is the head, transposed
             logits = dense(x, self.embed[...], out_dtype=jnp.float32, transpose_w=True)  # (B,T,V)
         else:
             logits = dense(x, self.head[...], out_dtype=jnp.float32)
@@ -292,12 +318,29 @@ def split_layers(params) -> tuple:
     return tuple(jax.tree.map(lambda a: a[i], blocks) for i in range(n_layer))
 
 
+def decode_weights(params: dict, cfg: ModelConfig, batch: int) -> tuple[tuple, Array]:
+    """The weights a decoding step reads, made once per generation: one state per layer (split_layers) and the
+    output head as (E,V). For bf16 batches of 2 to 63 rows on CPU the matrices are cast to bf16 here, so that
+    each step reads half the bytes on XLA:CPU's bf16 kernel (which takes no single row: see dense)."""
+    layers = split_layers(params)
+    head = params["embed"].T if params.get("head") is None else params["head"]
+    if cfg.compute_dtype == "bfloat16" and 1 < batch < 64 and cpu_kernels.on_cpu():
+        matrix = lambda path, a: a.ndim >= 2 and not str(path[-1].key).endswith("bias")  # not (H,Dh) biases
+        layers = jax.tree.map_with_path(lambda p, a: a.astype(jnp.bfloat16) if matrix(p, a) else a, layers)
+        head = head.astype(jnp.bfloat16)
+    return layers, head
+
+
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> tuple:
-    """An empty KV cache for `length` positions, one per layer, in the compute dtype: k (B,KV,Dh,S) and
-    v (B,KV,S,Dh), the layouts the attention products read; pos (B,S) = -1 (empty)."""
+    """An empty KV cache for `length` positions, one per layer: k (B*KV,Dh,S) and v (B*KV,S,Dh), the layouts the
+    attention products read, so that no step transposes a cache; pos (B,S) = -1 (empty). Batch and heads share one
+    axis: with separate (B,KV) axes, XLA:CPU copied every layer's cache twice per step at batch 1 (a size-1 axis
+    defeats its in-place update). In the compute dtype, except float32 on CPU: XLA:CPU's batched bf16 products are
+    slow, and converting the cache costs more than reading it twice as wide (batch-8 attention over six layers
+    here: 0.9 ms from float32, 1.7 to 2.8 ms from bf16)."""
     kv, dh = cfg.kv_heads, cfg.head_dim
-    dt = jnp.dtype(cfg.compute_dtype)
-    return tuple({"k": jnp.zeros((batch, kv, dh, length), dt), "v": jnp.zeros((batch, kv, length, dh), dt),
+    dt = jnp.float32 if cpu_kernels.on_cpu() else jnp.dtype(cfg.compute_dtype)
+    return tuple({"k": jnp.zeros((batch * kv, dh, length), dt), "v": jnp.zeros((batch * kv, length, dh), dt),
                   "pos": jnp.full((batch, length), -1, jnp.int32)} for _ in range(cfg.n_layer))
 
 

@@ -38,7 +38,9 @@ def test_top_k_1_equals_greedy_whatever_the_temperature_and_seed():
 def test_batched_prompts_of_different_lengths_decode_as_they_would_alone_with_one_compilation():
     graphdef, params = split_model()
     prompts = [[2, 10, 11, 12, 13, 14], [2, 20], [2, 30, 31, 32]]
-    sampling = generate.SamplingConfig(max_new_tokens=6, temperature=0.0)
+    # 12 tokens: the prefill's and 11 decoding steps, as two chunks of 8 (the last 5 computed and dropped)
+    sampling = generate.SamplingConfig(max_new_tokens=12, temperature=0.0)
+    assert generate.DECODE_CHUNK == 8
     stop = ()  # random weights: never stop early, so every row runs the whole budget
     compiled_before = generate._decode._cache_size()  # other tests in this process may have compiled other shapes
     batched = np.stack(list(generate.generate_tokens(graphdef, params, CFG, prompts, sampling, stop)), axis=1)
@@ -51,7 +53,7 @@ def test_batched_prompts_of_different_lengths_decode_as_they_would_alone_with_on
     # a full-forward greedy rollout agrees with the cached decoding
     model = nnx.merge(graphdef, params)
     tokens = list(prompts[0])
-    for _ in range(6):
+    for _ in range(12):
         logits, _ = model(jnp.asarray([tokens]))
         tokens.append(int(jnp.argmax(logits[0, -1])))
     assert tokens[len(prompts[0]):] == batched[0].tolist()

@@ -4,6 +4,7 @@ numbers, and remat / scan / attention settings that must not change the numbers.
 import dataclasses
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from flax import nnx
 
 from jaxllm.config import ModelConfig
-from jaxllm.model import Transformer, attend, dense, gelu_tanh, init_cache, rope, split_layers
+from jaxllm.model import Transformer, attend, decode_weights, dense, gelu_tanh, init_cache, rope, split_layers
 
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 FAMILIES = {
@@ -50,6 +51,31 @@ def test_prefill_then_one_token_steps_equal_the_full_forward(name):
         step, cache = model(tokens[:, t:t + 1], positions, cache, jnp.int32(t), layer_states)
         np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)
 
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_bf16_decoding_on_weights_cast_once_matches_the_float32_forward(name):
+    """decode_weights casts the matrices (not biases or norms) to bf16 for a batch of a few rows on CPU, and the
+    head comes as (E,V); decoding on them stays within bf16 rounding of the float32 model."""
+    cfg = FAMILIES[name]
+    model = build(cfg)
+    tokens = tokens_for(cfg, 2, 8)
+    full, _ = model(tokens)
+    bf16 = dataclasses.replace(cfg, compute_dtype="bfloat16")
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    layer_states, head = decode_weights(params, bf16, 2)
+    dtypes = {"/".join(str(k.key) for k in path): a.dtype for path, a in jax.tree.leaves_with_path(layer_states[0])}
+    assert dtypes["attn/q"] == dtypes["mlp/down"] == jnp.bfloat16 and head.dtype == jnp.bfloat16
+    assert all(dtypes[n] == jnp.float32 for n in dtypes if n.endswith(("bias", "scale")))
+    chex.assert_shape(head, (cfg.n_embd, cfg.vocab_size))
+    model_bf16 = nnx.merge(nnx.graphdef(build(bf16)), nnx.state(model, nnx.Param))
+    cache = init_cache(bf16, 2, 8)
+    _, cache = model_bf16(tokens[:, :4], cache=cache, cache_index=jnp.int32(0), layer_states=layer_states, head=head)
+    for t in range(4, 8):
+        positions = jnp.full((2, 1), t, jnp.int32)
+        step, cache = model_bf16(tokens[:, t:t + 1], positions, cache, jnp.int32(t), layer_states, head)
+        np.testing.assert_allclose(step[:, 0], full[:, t], atol=0.05 * float(jnp.abs(full).max()))
+        assert step.dtype == jnp.float32
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_left_padded_rows_decode_like_unpadded_prompts(name):
