@@ -73,14 +73,12 @@ def dense(x: Array, w: Array, n_in: int = 1, bias: Array | None = None, out_dtyp
         w2, out_shape = w.reshape(math.prod(w.shape[:n_in]), -1), w.shape[n_in:]
     x2 = x.reshape(b * t, -1)
     cpu_bf16 = x.dtype == jnp.bfloat16 and cpu_kernels.on_cpu()
-    if cpu_bf16 and b * t < 64 and w.dtype == jnp.bfloat16 and b * t > 1 and not transpose_w:
-        # a few rows (decoding) with weights cast to bf16 once per generation (jaxllm.generate): the product is
-        # bound by reading the weights, half as many bytes
-        y = jnp.matmul(x2, w2, preferred_element_type=jnp.float32)
-    elif cpu_bf16 and b * t < 64:
-        # XLA:CPU's bf16 kernel does not take a single row (14.9 ms against 1.2 ms in float32 for a 1 x 1536 by
-        # 1536 x 9216 product here): float32 parameters are read as they are
-        y = jnp.matmul(x2.astype(jnp.float32), (w2.T if transpose_w else w2).astype(jnp.float32))
+    if cpu_bf16 and b * t < 64:  # a few rows (decoding): the product is bound by reading the weights
+        if w.dtype == jnp.bfloat16 and b * t > 1 and not transpose_w:  # cast once per generation (decode_weights)
+            y = jnp.matmul(x2, w2, preferred_element_type=jnp.float32)
+        else:  # XLA:CPU's bf16 kernel takes no single row (14.9 against 1.2 ms in float32 for 1 x 1536 by
+            # 1536 x 9216 here): float32 parameters are read as they are
+            y = jnp.matmul(x2.astype(jnp.float32), (w2.T if transpose_w else w2).astype(jnp.float32))
     elif cpu_bf16:  # float32 result: the bias is added before rounding, as in a GEMM epilogue
         y = cpu_kernels.bf16_matmul(x2, w2, transpose_w)
     else:
@@ -122,7 +120,6 @@ def attend(q: Array, k: Array, v: Array, mask: Array | None, impl: str) -> Array
     return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
 
 
-
 def attend_cached(q: Array, k: Array, v: Array, mask: Array, impl: str) -> Array:
     """Attention to a KV cache in its stored layouts (init_cache), k (B*KV,Dh,S) and v (B*KV,S,Dh). q: (B,T,H,Dh);
     mask: (B,T,S). Off CPU with impl 'xla', jax.nn.dot_product_attention on (B,S,KV,Dh) views; otherwise batched
@@ -142,6 +139,7 @@ def attend_cached(q: Array, k: Array, v: Array, mask: Array, impl: str) -> Array
     out = jnp.einsum("nqs,nsd->nqd", probs, v).reshape(b, kv, t, g, dh)
     return jnp.transpose(out, (0, 2, 1, 3, 4)).reshape(b, t, h, dh).astype(q.dtype)
 
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         e, h, kv, dh = cfg.n_embd, cfg.n_head, cfg.kv_heads, cfg.head_dim
@@ -160,7 +158,7 @@ class Attention(nnx.Module):
     def __call__(self, x: Array, positions: Array, cache: dict | None, cache_index: Array | None):
         """x: (B,T,E). With this layer's cache (see init_cache), writes this call's keys at cache_index, in place,
         and attends to every cached key whose position is valid (>= 0) and not after the query's."""
-        cfg, dt = self.cfg, x.dtype
+        cfg = self.cfg
         bias = (lambda b: None if b is None else b[...])
         q = dense(x, self.q[...], bias=bias(self.q_bias))  # (B,T,H,Dh)
         k = dense(x, self.k[...], bias=bias(self.k_bias))  # (B,T,KV,Dh)
