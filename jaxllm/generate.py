@@ -57,9 +57,9 @@ def sample_logits(logits: jax.Array, key: jax.Array, temperature: float, top_k: 
     return jax.random.categorical(key, logits).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(6,))
-def _prefill(graphdef, params, layer_states, head, tokens, positions, cache):
-    logits, cache = nnx.merge(graphdef, params)(tokens, positions, cache, jnp.int32(0), layer_states, head)
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(5,))
+def _prefill(graphdef, params, weights, tokens, positions, cache):
+    logits, cache = nnx.merge(graphdef, params)(tokens, positions, cache, jnp.int32(0), weights)
     return logits[:, -1], cache
 
 
@@ -69,17 +69,17 @@ def _prefill(graphdef, params, layer_states, head, tokens, positions, cache):
 DECODE_CHUNK = 8
 
 
-@functools.partial(jax.jit, static_argnums=(0, 8, 9), donate_argnums=(5,))
-def _decode(graphdef, params, layer_states, head, token, cache, position, index, sampling: tuple, steps: int):
+@functools.partial(jax.jit, static_argnums=(0, 7, 8), donate_argnums=(4,))
+def _decode(graphdef, params, weights, token, cache, position, index, sampling: tuple, steps: int):
     """`steps` decoding steps: from the newest token (B,) at `position` (B,), written at cache slot `index`, to the
     tokens (steps, B) that follow it, the cache, and the next call's token, position and index.
-    layer_states, head: model.decode_weights(...), made once per generation."""
+    weights: model.decode_weights(...), made once per generation."""
     model = nnx.merge(graphdef, params)
     temperature, top_k, top_p, seed = sampling
 
     def step(carry, _):
         token, cache, position, index = carry
-        logits, cache = model(token[:, None], position[:, None], cache, index, layer_states, head)
+        logits, cache = model(token[:, None], position[:, None], cache, index, weights)
         token = sample_logits(logits[:, -1], jax.random.fold_in(jax.random.key(seed), index), temperature, top_k,
                               top_p)
         return (token, cache, position + 1, index + 1), token
@@ -109,10 +109,9 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
     # after the budget are computed and dropped: one compiled chunk length per generation)
     chunk = max(1, min(DECODE_CHUNK, max_new - 1))
     n_chunks = -(-(max_new - 1) // chunk)
-    layer_states, head = _decode_weights(params, cfg, b)  # once: no step slices a stack nor casts
+    weights = _decode_weights(params, cfg, b)  # once: no step slices a stack nor casts
     cache = _init_cache(cfg, b, width + n_chunks * chunk)
-    last_logits, cache = _prefill(graphdef, params, layer_states, head, jnp.asarray(tokens), jnp.asarray(positions),
-                                  cache)
+    last_logits, cache = _prefill(graphdef, params, weights, jnp.asarray(tokens), jnp.asarray(positions), cache)
     key = jax.random.fold_in(jax.random.key(sampling.seed), width - 1)  # keyed by the input's cache slot
     token = sample_logits(last_logits, key, sampling.temperature, sampling.top_k, sampling.top_p)
     position, index = jnp.asarray(positions[:, -1] + 1), jnp.int32(width)
@@ -121,8 +120,8 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
     pending, produced = token[None], 0  # (steps, B) tokens not yet yielded, on the device: first the prefill's
     for c in range(n_chunks + 1):
         if c < n_chunks:  # dispatched before the pending tokens reach the host: the device never waits on Python
-            tokens, token, cache, position, index = _decode(graphdef, params, layer_states, head, token, cache,
-                                                            position, index, settings, chunk)
+            tokens, token, cache, position, index = _decode(graphdef, params, weights, token, cache, position, index,
+                                                            settings, chunk)
         for host_token in np.asarray(pending):
             done |= np.isin(host_token, stop_ids)
             yield host_token

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from jaxllm.config import ModelConfig
-from jaxllm.model import Transformer, attend, decode_weights, dense, gelu_tanh, init_cache, rope, split_layers
+from jaxllm.model import Transformer, attend, decode_weights, dense, gelu_tanh, init_cache, rope
 
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 FAMILIES = {
@@ -45,10 +45,29 @@ def test_prefill_then_one_token_steps_equal_the_full_forward(name):
         step, cache = model(tokens[:, t:t + 1], positions, cache, jnp.int32(t))
         np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)
     # as jaxllm.generate decodes: per-layer weights handed in, nothing sliced in a step
-    layer_states = split_layers(nnx.state(model, nnx.Param))
+    weights = decode_weights(nnx.to_pure_dict(nnx.state(model, nnx.Param)), cfg, 2)
+    assert not weights.down_out_in and weights.head is None
     for t in range(9, 12):
         positions = jnp.full((2, 1), t, jnp.int32)
-        step, cache = model(tokens[:, t:t + 1], positions, cache, jnp.int32(t), layer_states)
+        step, cache = model(tokens[:, t:t + 1], positions, cache, jnp.int32(t), weights)
+        np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_one_row_decodes_on_down_matrices_stored_out_by_in(name):
+    cfg = FAMILIES[name]
+    model = build(cfg)
+    tokens = tokens_for(cfg, 1, 8)
+    full, _ = model(tokens)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    weights = decode_weights(params, cfg, 1)
+    assert weights.down_out_in
+    chex.assert_trees_all_equal(weights.layers[1]["mlp"]["down"], params["blocks"]["mlp"]["down"][1].T)
+    cache = init_cache(cfg, 1, 8)
+    prefill, cache = model(tokens[:, :5], cache=cache, cache_index=jnp.int32(0), weights=weights)
+    np.testing.assert_allclose(prefill, full[:, :5], atol=1e-5)
+    for t in range(5, 8):
+        step, cache = model(tokens[:, t:t + 1], jnp.full((1, 1), t, jnp.int32), cache, jnp.int32(t), weights)
         np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)
 
 
@@ -63,17 +82,17 @@ def test_bf16_decoding_on_weights_cast_once_matches_the_float32_forward(name):
     full, _ = model(tokens)
     bf16 = dataclasses.replace(cfg, compute_dtype="bfloat16")
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    layer_states, head = decode_weights(params, bf16, 2)
-    dtypes = {"/".join(str(k.key) for k in path): a.dtype for path, a in jax.tree.leaves_with_path(layer_states[0])}
-    assert dtypes["attn/q"] == dtypes["mlp/down"] == jnp.bfloat16 and head.dtype == jnp.bfloat16
+    weights = decode_weights(params, bf16, 2)
+    dtypes = {"/".join(str(k.key) for k in path): a.dtype for path, a in jax.tree.leaves_with_path(weights.layers[0])}
+    assert dtypes["attn/q"] == dtypes["mlp/down"] == weights.head.dtype == jnp.bfloat16
     assert all(dtypes[n] == jnp.float32 for n in dtypes if n.endswith(("bias", "scale")))
-    chex.assert_shape(head, (cfg.n_embd, cfg.vocab_size))
+    chex.assert_shape(weights.head, (cfg.n_embd, cfg.vocab_size))
     model_bf16 = nnx.merge(nnx.graphdef(build(bf16)), nnx.state(model, nnx.Param))
     cache = init_cache(bf16, 2, 8)
-    _, cache = model_bf16(tokens[:, :4], cache=cache, cache_index=jnp.int32(0), layer_states=layer_states, head=head)
+    _, cache = model_bf16(tokens[:, :4], cache=cache, cache_index=jnp.int32(0), weights=weights)
     for t in range(4, 8):
         positions = jnp.full((2, 1), t, jnp.int32)
-        step, cache = model_bf16(tokens[:, t:t + 1], positions, cache, jnp.int32(t), layer_states, head)
+        step, cache = model_bf16(tokens[:, t:t + 1], positions, cache, jnp.int32(t), weights)
         np.testing.assert_allclose(step[:, 0], full[:, t], atol=0.05 * float(jnp.abs(full).max()))
         assert step.dtype == jnp.float32
 
