@@ -72,17 +72,15 @@ def dense(x: Array, w: Array, n_in: int = 1, bias: Array | None = None, out_dtyp
     else:
         w2, out_shape = w.reshape(math.prod(w.shape[:n_in]), -1), w.shape[n_in:]
     x2 = x.reshape(b * t, -1)
-    cpu_bf16 = x.dtype == jnp.bfloat16 and cpu_kernels.on_cpu()
-    if cpu_bf16 and b * t < 64:  # a few rows (decoding): the product is bound by reading the weights
-        if w.dtype == jnp.bfloat16 and b * t > 1 and not transpose_w:  # cast once per generation (decode_weights)
-            y = jnp.matmul(x2, w2, preferred_element_type=jnp.float32)
+    on_cpu = cpu_kernels.on_cpu()
+    if on_cpu and b * t < 64:  # a few rows (decoding): the product is bound by reading the weights
+        if x.dtype == w.dtype == jnp.bfloat16 and b * t > 1:  # cast once per generation (decode_weights)
+            y = _few_rows_matmul(x2, w2, transpose_w)
         else:  # XLA:CPU's bf16 kernel takes no single row (14.9 against 1.2 ms in float32 for 1 x 1536 by
             # 1536 x 9216 here): float32 parameters are read as they are
             y = _few_rows_matmul(x2.astype(jnp.float32), w2.astype(jnp.float32), transpose_w)
-    elif cpu_bf16:  # float32 result: the bias is added before rounding, as in a GEMM epilogue
+    elif on_cpu and x.dtype == jnp.bfloat16:  # float32 result: the bias is added before rounding, as in a GEMM epilogue
         y = cpu_kernels.bf16_matmul(x2, w2, transpose_w)
-    elif b * t < 64 and cpu_kernels.on_cpu():
-        y = _few_rows_matmul(x2, w2.astype(x.dtype), transpose_w)
     else:
         y = jnp.matmul(x2, (w2.T if transpose_w else w2).astype(x.dtype), preferred_element_type=out_dtype)
     if bias is not None:
@@ -91,12 +89,12 @@ def dense(x: Array, w: Array, n_in: int = 1, bias: Array | None = None, out_dtyp
 
 
 def _few_rows_matmul(x: Array, w: Array, transpose_w: bool) -> Array:
-    """x (M,K) @ w (K,N), or w (N,K) with transpose_w, for a few rows on XLA:CPU: a transposed w is contracted on its
-    own last axis (written x @ w.T, XLA materialised the transpose on every call: 4.8 against 0.27 ms for a
-    1 x 384 by 384 x 8192 product here)."""
+    """x (M,K) @ w (K,N), or w (N,K) with transpose_w, float32 result, for a few rows on XLA:CPU: a transposed w is
+    contracted on its own last axis (written x @ w.T, XLA materialised the transpose on every call: 4.8 against
+    0.27 ms for a 1 x 384 by 384 x 8192 product here)."""
     if transpose_w:
-        return jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())))
-    return jnp.matmul(x, w)
+        return jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    return jnp.matmul(x, w, preferred_element_type=jnp.float32)
 
 
 def rope(x: Array, positions: Array, theta: float) -> Array:
@@ -336,23 +334,24 @@ class DecodeWeights:
 
 
 def decode_weights(params: dict, cfg: ModelConfig, batch: int) -> DecodeWeights:
-    """Per-layer weights for decoding `batch` rows, laid out for XLA:CPU's few-row products:
-    - bf16 compute, 2 to 63 rows: the matrices cast to bf16 (half the bytes per step on the bf16 kernel, which takes
-      no single row and no transposed operand: see dense) and the head as a bf16 (E,V) matrix;
-    - one row: the MLP's down matrices transposed to (E,F), a product that contracts each weight row's contiguous
-      F values (a batch-1 step of GPT-2 6 x 384 here: 1.86 -> 1.76 ms)."""
+    """Per-layer weights for decoding `batch` rows, laid out for XLA:CPU's few-row products (measured on GPT-2
+    6 x 384 here):
+    - bf16 compute, 2 to 63 rows: the matrices cast to bf16 (half the bytes per step; XLA:CPU's bf16 kernel takes no
+      single row, see dense) and the head as a bf16 (E,V) matrix;
+    - one row, and bf16 with 2 to 63: the MLP's down matrices transposed to (E,F), so that the product contracts
+      each weight row's contiguous F values: 68 against 91 us for one row in float32, 64 against 91 us for 8 rows
+      in bf16 (in float32 at 8 rows it is slower: 168 against 127 us, so that case keeps (F,E))."""
     layers = split_layers(params)
-    if not cpu_kernels.on_cpu() or batch >= 64:
+    bf16 = cfg.compute_dtype == "bfloat16" and batch > 1
+    if not cpu_kernels.on_cpu() or batch >= 64 or not (bf16 or batch == 1):
         return DecodeWeights(layers, None, False)
-    if batch == 1:
-        transposed = lambda layer: {**layer, "mlp": {**layer["mlp"], "down": layer["mlp"]["down"].T}}
-        return DecodeWeights(tuple(map(transposed, layers)), None, True)
-    if cfg.compute_dtype != "bfloat16":
-        return DecodeWeights(layers, None, False)
-    matrix = lambda path, a: a.ndim >= 2 and not str(path[-1].key).endswith("bias")  # not (H,Dh) biases
-    layers = jax.tree.map_with_path(lambda p, a: a.astype(jnp.bfloat16) if matrix(p, a) else a, layers)
-    head = params["embed"].T if params.get("head") is None else params["head"]
-    return DecodeWeights(layers, head.astype(jnp.bfloat16), False)
+    head = None
+    if bf16:
+        matrix = lambda path, a: a.ndim >= 2 and not str(path[-1].key).endswith("bias")  # not (H,Dh) biases
+        layers = jax.tree.map_with_path(lambda p, a: a.astype(jnp.bfloat16) if matrix(p, a) else a, layers)
+        head = (params["embed"].T if params.get("head") is None else params["head"]).astype(jnp.bfloat16)
+    transposed = lambda layer: {**layer, "mlp": {**layer["mlp"], "down": layer["mlp"]["down"].T}}
+    return DecodeWeights(tuple(map(transposed, layers)), head, True)
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> tuple:

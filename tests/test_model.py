@@ -74,8 +74,9 @@ def test_one_row_decodes_on_down_matrices_stored_out_by_in(name):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_bf16_decoding_on_weights_cast_once_matches_the_float32_forward(name):
-    """decode_weights casts the matrices (not biases or norms) to bf16 for a batch of a few rows on CPU, and the
-    head comes as (E,V); decoding on them stays within bf16 rounding of the float32 model."""
+    """decode_weights casts the matrices (not biases or norms) to bf16 for a batch of a few rows on CPU, the down
+    matrices come as (E,F) and the head as (E,V); decoding on them stays within bf16 rounding of the float32
+    model."""
     cfg = FAMILIES[name]
     model = build(cfg)
     tokens = tokens_for(cfg, 2, 8)
@@ -84,7 +85,8 @@ def test_bf16_decoding_on_weights_cast_once_matches_the_float32_forward(name):
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     weights = decode_weights(params, bf16, 2)
     dtypes = {"/".join(str(k.key) for k in path): a.dtype for path, a in jax.tree.leaves_with_path(weights.layers[0])}
-    assert dtypes["attn/q"] == dtypes["mlp/down"] == weights.head.dtype == jnp.bfloat16
+    assert dtypes["attn/q"] == dtypes["mlp/down"] == weights.head.dtype == jnp.bfloat16 and weights.down_out_in
+    chex.assert_shape(weights.layers[0]["mlp"]["down"], (cfg.n_embd, cfg.hidden))
     assert all(dtypes[n] == jnp.float32 for n in dtypes if n.endswith(("bias", "scale")))
     chex.assert_shape(weights.head, (cfg.n_embd, cfg.vocab_size))
     model_bf16 = nnx.merge(nnx.graphdef(build(bf16)), nnx.state(model, nnx.Param))
