@@ -1,16 +1,16 @@
 """Benchmarks: jaxllm against Hugging Face transformers on the same model and machine, and the Shakespeare speedrun.
 
   python -m jaxllm.bench train --compare=hf [--experiment=base --model.*=...] [--steps=5] [--rounds=3] [--out=F.json]
-  python -m jaxllm.bench generate --compare=hf [--experiment=base ...] [--new_tokens=64] [--out=FILE.json]
+  python -m jaxllm.bench generate --compare=hf [--experiment=base ...] [--new_tokens=64] [--rounds=3] [--out=F.json]
   python -m jaxllm.bench speedrun --data=PATH/tinyshakespeare.txt [--target=1.88]
 
 `train` times training steps after warm-up (jaxllm: float32 and bfloat16 compute; transformers: eager float32 and
 bfloat16 autocast) in interleaved rounds, each implementation's median over rounds, measures the matmul peak of
 each dtype (the better of JAX and PyTorch), and prints tokens/s, the ratio to transformers in float32, and MFU;
 then the compile time of the jaxllm train step against depth (2, 12, 24 layers, with the configured scan setting).
-`generate` times greedy decoding (prefill and one-token steps against a KV cache) at batch 1 and 8. `speedrun`
-runs experiments/shakespeare_char.py in a fresh process and reports the wall time from process start to the
-first evaluation at or below the target loss. Each writes its results as JSON.
+`generate` times whole greedy generations (prefill and decoding against a KV cache) at batch 1 and 8, in the same
+interleaved rounds. `speedrun` runs experiments/shakespeare_char.py in a fresh process and reports the wall time
+from process start to the first evaluation at or below the target loss. Each writes its results as JSON.
 
 Models are randomly initialised (speed does not depend on the values). torch and transformers come from
 requirements-dev.txt: they are imported here only, never by the runtime.
@@ -226,27 +226,32 @@ def bench_train(cfg: Config, compare: str, steps: int, warmup: int, rounds: int)
             "peak_flops": peaks, "rows": rows, "compile": compile_rows}
 
 
-def bench_generate(cfg: Config, compare: str, new_tokens: int, warmup: int) -> dict:
+def bench_generate(cfg: Config, compare: str, new_tokens: int, warmup: int, rounds: int) -> dict:
+    import numpy as np
+
     prompt_len = 16
     new_tokens = min(new_tokens, cfg.model.block_size - prompt_len)
     rows = []
     for batch in (1, 8):
+        runners = []  # (row, one blocking generation)
         for dt in ("float32", "bfloat16"):
             c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compute_dtype=dt))
-            seconds = _timed(_jax_decoder(c, batch, prompt_len, new_tokens), 1, warmup)
-            rows.append({"impl": "jaxllm", "dtype": dt, "batch": batch, "seconds": seconds})
+            runners.append(({"impl": "jaxllm", "dtype": dt}, _jax_decoder(c, batch, prompt_len, new_tokens)))
         if compare:
             for dt in ("float32", "bfloat16"):
-                seconds = _timed(_hf_decoder(cfg, dt, batch, prompt_len, new_tokens), 1, warmup)
-                rows.append({"impl": "transformers", "dtype": dt + (" autocast" if dt == "bfloat16" else " eager"),
-                             "batch": batch, "seconds": seconds})
+                runners.append(({"impl": "transformers", "dtype": dt + (" autocast" if dt == "bfloat16" else " eager")},
+                                _hf_decoder(cfg, dt, batch, prompt_len, new_tokens)))
+        times = [[_timed(run, 1, warmup if r == 0 else 0) for _, run in runners] for r in range(rounds)]  # see train
+        rows += [{**row, "batch": batch, "seconds": float(np.median([t[i] for t in times])),
+                  "rounds": [t[i] for t in times]} for i, (row, _) in enumerate(runners)]
     for r in rows:
         r["tokens_per_s"] = r["batch"] * new_tokens / r["seconds"]
         r["ms_per_step"] = 1000 * r["seconds"] / new_tokens
         reference = next((x for x in rows if x["batch"] == r["batch"] and x["impl"] == "transformers"
                           and x["dtype"].startswith("float32")), None)
         r["ratio"] = r["tokens_per_s"] / (r["batch"] * new_tokens / reference["seconds"]) if reference else 1.0
-    return {"model": _describe(cfg), "prompt_tokens": prompt_len, "new_tokens": new_tokens, "rows": rows}
+    return {"model": _describe(cfg), "prompt_tokens": prompt_len, "new_tokens": new_tokens, "rounds": rounds,
+            "rows": rows}
 
 
 SPEEDRUN_EXPERIMENT = "shakespeare_char"
@@ -320,7 +325,8 @@ def main(argv: list[str]) -> int:
             result = bench_train(cfg, compare, steps, warmup, int(flags.get("rounds", 3)))
             print_train(result)
         else:
-            result = bench_generate(cfg, compare, int(flags.get("new_tokens", 64)), max(warmup, 1))
+            result = bench_generate(cfg, compare, int(flags.get("new_tokens", 64)), max(warmup, 1),
+                                    int(flags.get("rounds", 3)))
             print_generate(result)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

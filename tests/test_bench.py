@@ -19,10 +19,12 @@ def test_bench_train_reports_each_dtype_over_interleaved_rounds_and_compile_time
     bench.print_train(result)
 
 
-def test_bench_generate_reports_batch_1_and_8():
+def test_bench_generate_reports_batch_1_and_8_over_interleaved_rounds():
     cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, block_size=32))
-    result = bench.bench_generate(cfg, compare="", new_tokens=4, warmup=1)
+    result = bench.bench_generate(cfg, compare="", new_tokens=4, warmup=1, rounds=3)
     assert sorted({(r["batch"], r["dtype"]) for r in result["rows"]}) == [
         (1, "bfloat16"), (1, "float32"), (8, "bfloat16"), (8, "float32")]
-    assert all(r["tokens_per_s"] == r["batch"] * 4 / r["seconds"] for r in result["rows"])
+    for row in result["rows"]:
+        assert len(row["rounds"]) == 3 and row["seconds"] == sorted(row["rounds"])[1]
+        assert row["tokens_per_s"] == row["batch"] * 4 / row["seconds"]
     bench.print_generate(result)
