@@ -186,8 +186,9 @@ def test_bfloat16_dense_on_cpu_matches_float32_values_and_gradients(transpose_w,
 
 
 def test_bfloat16_training_step_runs_every_projection_as_a_bf16_matmul():
-    """XLA:CPU's fast bf16 kernel takes only row-major, untransposed operands; any other matmul it silently runs in
-    float32. In the compiled gradient of the bf16 model, every weight-sized product has bf16 operands."""
+    """XLA:CPU's fast bf16 kernel takes only row-major operands in two forms (see cpu_kernels); any other matmul it
+    silently runs in float32. In the compiled gradient of the bf16 model, every weight-sized product has bf16
+    operands."""
     cfg = dataclasses.replace(FAMILIES["gpt2"], compute_dtype="bfloat16", n_embd=64, vocab_size=128,
                               scan_layers=False)  # unrolled: each layer's products appear in the HLO
     graphdef, params = nnx.split(build(cfg), nnx.Param)
