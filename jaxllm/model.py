@@ -74,11 +74,12 @@ def dense(x: Array, w: Array, n_in: int = 1, bias: Array | None = None, out_dtyp
     x2 = x.reshape(b * t, -1)
     on_cpu = cpu_kernels.on_cpu()
     if on_cpu and b * t < 64:  # a few rows (decoding): the product is bound by reading the weights
-        if x.dtype == w.dtype == jnp.bfloat16 and b * t > 1:  # cast once per generation (decode_weights)
-            y = _few_rows_matmul(x2, w2, transpose_w)
-        else:  # XLA:CPU's bf16 kernel takes no single row (14.9 against 1.2 ms in float32 for 1 x 1536 by
+        if not (x.dtype == w.dtype == jnp.bfloat16 and b * t > 1):  # bf16 weights: cast once (decode_weights)
+            # XLA:CPU's bf16 kernel takes no single row (14.9 against 1.2 ms in float32 for 1 x 1536 by
             # 1536 x 9216 here): float32 parameters are read as they are
-            y = _few_rows_matmul(x2.astype(jnp.float32), w2.astype(jnp.float32), transpose_w)
+            x2, w2 = x2.astype(jnp.float32), w2.astype(jnp.float32)
+        y = (cpu_kernels.contract_last(x2, w2) if transpose_w  # a transposed w: contracted on its own last axis
+             else jnp.matmul(x2, w2, preferred_element_type=jnp.float32))
     elif on_cpu and x.dtype == jnp.bfloat16:  # float32 result: the bias is added before rounding, as in a GEMM epilogue
         y = cpu_kernels.bf16_matmul(x2, w2, transpose_w)
     else:
@@ -86,15 +87,6 @@ def dense(x: Array, w: Array, n_in: int = 1, bias: Array | None = None, out_dtyp
     if bias is not None:
         y = y + bias.reshape(-1).astype(y.dtype)
     return y.astype(out_dtype or x.dtype).reshape(b, t, *out_shape)
-
-
-def _few_rows_matmul(x: Array, w: Array, transpose_w: bool) -> Array:
-    """x (M,K) @ w (K,N), or w (N,K) with transpose_w, float32 result, for a few rows on XLA:CPU: a transposed w is
-    contracted on its own last axis (written x @ w.T, XLA materialised the transpose on every call: 4.8 against
-    0.27 ms for a 1 x 384 by 384 x 8192 product here)."""
-    if transpose_w:
-        return jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    return jnp.matmul(x, w, preferred_element_type=jnp.float32)
 
 
 def rope(x: Array, positions: Array, theta: float) -> Array:
