@@ -58,14 +58,19 @@ class Norm(nnx.Module):
         return y.astype(x.dtype)
 
 
+# fewer rows than this make a product "few-row" (decoding): bound by reading the weights, see dense and decode_weights
+FEW_ROWS = 64
+
+
 def dense(x: Array, w: Array, n_in: int = 1, bias: Array | None = None, out_dtype=None,
           transpose_w: bool = False) -> Array:
     """Contracts x's last n_in axes with w's first n_in axes, plus bias, as one 2-D matmul over (B*T, in) rows;
     w is cast to x's dtype (the compute dtype), the result is out_dtype (default: x's dtype).
 
-    x: (B,T,*in), w: (*in, *out), bias: (*out) -> (B,T,*out); with transpose_w, w is (out, in) (a tied output
-    head). Written 2-D on purpose: XLA:CPU computes the weight gradient of a 3-D dot_general about 5x slower than
-    of the same product flattened (measured here: 197 ms vs 39 ms for a 16x256x256 by 256x1024 product)."""
+    x: (B,T,*in), w: (*in, *out), bias: (*out) -> (B,T,*out); with transpose_w, w is (*out, *in) (a tied output
+    head, or a down matrix laid out for decoding). Written 2-D on purpose: XLA:CPU computes the weight gradient of
+    a 3-D dot_general about 5x slower than of the same product flattened (measured here: 197 ms vs 39 ms for a
+    16x256x256 by 256x1024 product)."""
     b, t = x.shape[:2]
     if transpose_w:
         w2, out_shape = w.reshape(-1, math.prod(w.shape[-n_in:])), w.shape[:-n_in]
@@ -73,7 +78,7 @@ def dense(x: Array, w: Array, n_in: int = 1, bias: Array | None = None, out_dtyp
         w2, out_shape = w.reshape(math.prod(w.shape[:n_in]), -1), w.shape[n_in:]
     x2 = x.reshape(b * t, -1)
     on_cpu = cpu_kernels.on_cpu()
-    if on_cpu and b * t < 64:  # a few rows (decoding): the product is bound by reading the weights
+    if on_cpu and b * t < FEW_ROWS:  # decoding: the product is bound by reading the weights
         if not (x.dtype == w.dtype == jnp.bfloat16 and b * t > 1):  # bf16 weights: cast once (decode_weights)
             # XLA:CPU's bf16 kernel takes no single row (14.9 against 1.2 ms in float32 for 1 x 1536 by
             # 1536 x 9216 here): float32 parameters are read as they are
@@ -335,7 +340,7 @@ def decode_weights(params: dict, cfg: ModelConfig, batch: int) -> DecodeWeights:
       in bf16 (in float32 at 8 rows it is slower: 168 against 127 us, so that case keeps (F,E))."""
     layers = split_layers(params)
     bf16 = cfg.compute_dtype == "bfloat16" and batch > 1
-    if not cpu_kernels.on_cpu() or batch >= 64 or not (bf16 or batch == 1):
+    if not cpu_kernels.on_cpu() or batch >= FEW_ROWS or not (bf16 or batch == 1):
         return DecodeWeights(layers, None, False)
     head = None
     if bf16:
