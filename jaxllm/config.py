@@ -38,7 +38,7 @@ class ModelConfig:
     mlp_hidden: int = 0  # 0 means 4 * n_embd (gpt2) or the Llama rule 8/3 * n_embd rounded up to 64
     tie_embeddings: bool = True
     compute_dtype: str = "float32"  # parameters stay float32; 'bfloat16' runs matmuls in bf16
-    remat: str = "none"  # 'none' | 'full' | 'save_matmuls'
+    remat: str = "none"  # 'none' | 'full' | 'save_matmuls' | 'save_attention' (see model._REMAT_POLICIES)
     scan_layers: bool = True
     # 'xla': jax.nn.dot_product_attention (training on one CPU device: cpu_kernels.causal_attention);
     # 'explicit': einsum + softmax
@@ -164,7 +164,8 @@ def validate(cfg: Config) -> Config:
          f"model.vocab_size={m.vocab_size}: a bpe tokenizer needs at least 300 (256 bytes + specials)"),
         (m.block_size >= 2, f"model.block_size={m.block_size}: needs at least 2"),
         (m.compute_dtype in ("float32", "bfloat16"), f"model.compute_dtype={m.compute_dtype!r}: use float32 or bfloat16"),
-        (m.remat in ("none", "full", "save_matmuls"), f"model.remat={m.remat!r}: use none, full or save_matmuls"),
+        (m.remat in ("none", "full", "save_matmuls", "save_attention"),
+         f"model.remat={m.remat!r}: use none, full, save_matmuls or save_attention"),
         (m.attention in ("xla", "explicit"), f"model.attention={m.attention!r}: use xla or explicit"),
         (cfg.data.tokenizer in ("bpe", "char"), f"data.tokenizer={cfg.data.tokenizer!r}: use bpe or char"),
         (0 < cfg.data.val_fraction < 1, f"data.val_fraction={cfg.data.val_fraction}: must be between 0 and 1"),

@@ -144,7 +144,7 @@ def test_remat_scan_and_attention_settings_change_nothing(name):
     params = nnx.state(build(cfg), nnx.Param)
     tokens = tokens_for(cfg, 2, 9)
     ref_loss, ref_grads = loss_and_grads(cfg, params, tokens)
-    for change in ({"remat": "full"}, {"remat": "save_matmuls"}, {"scan_layers": False},
+    for change in ({"remat": "full"}, {"remat": "save_matmuls"}, {"remat": "save_attention"}, {"scan_layers": False},
                    {"attention": "explicit"}, {"remat": "full", "scan_layers": False}):
         loss, grads = loss_and_grads(dataclasses.replace(cfg, **change), params, tokens)
         np.testing.assert_allclose(loss, ref_loss, atol=1e-6, err_msg=str(change))
@@ -228,6 +228,17 @@ def test_cpu_causal_attention_matches_the_explicit_one(dtype, tolerance):
     # causal: the first query attends only to the first key, so its output is v[:, 0] (to the dtype's rounding)
     out = attend(q.astype(dtype), k.astype(dtype), v.astype(dtype), None, "xla")
     np.testing.assert_allclose(np.asarray(out[:, 0], np.float32), np.repeat(v[:, 0], 2, axis=1), atol=tolerance)
+
+
+@pytest.mark.parametrize("remat, exps", [("full", 3), ("save_matmuls", 2), ("save_attention", 2)])
+def test_remat_policies_that_keep_the_attention_skip_its_forward_in_the_backward_pass(remat, exps):
+    """Counted in the gradient's jaxpr: the softmax's exponential runs once forward and once in the backward pass
+    (probabilities recomputed from the kept normaliser); 'full' keeps nothing, so it also reruns the forward."""
+    from jaxllm.model import _REMAT_POLICIES
+    q = jax.random.normal(jax.random.key(0), (2, 16, 4, 8))
+    layer = jax.checkpoint(lambda q: attend(q, q, q, None, "xla"), policy=_REMAT_POLICIES[remat])
+    jaxpr = jax.make_jaxpr(jax.grad(lambda q: jnp.sum(layer(q))))(q)
+    assert str(jaxpr).count(" exp ") == exps, str(jaxpr)
 
 
 def test_gelu_in_sigmoid_form_is_the_tanh_approximation():
