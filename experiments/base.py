@@ -14,7 +14,7 @@ def config() -> Config:
     return Config(
         name="base",
         model=ModelConfig(family="gpt2", vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_embd=256,
-                          compute_dtype="bfloat16", remat="save_matmuls"),
+                          compute_dtype="bfloat16", remat="save_attention"),
         data=DataConfig(sources=("stdlib",)),
         optim=OptimConfig(lr=3e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1),
         train=TrainConfig(steps=700, batch_size=16, log_every=10, eval_every=100, checkpoint_every=100),

@@ -28,7 +28,7 @@ def config() -> Config:
         # step 400: 1.823 against 1.814), remat of everything but the matmul outputs (faster than keeping every
         # residual on this CPU)
         model=ModelConfig(family="llama", vocab_size=73, block_size=64, n_layer=2, n_head=4, n_embd=128,
-                          tie_embeddings=False, compute_dtype="bfloat16", remat="save_matmuls"),
+                          tie_embeddings=False, compute_dtype="bfloat16", remat="save_attention"),
         data=DataConfig(sources=("file:../shared/data/tinyshakespeare.txt",), tokenizer="char", val_fraction=0.1,
                         clean=CleanConfig(enabled=False)),  # literary text: web-quality filters do not apply
         optim=OptimConfig(name="muon", muon_lr=0.03, lr=6e-3, warmup_steps=20, min_lr_ratio=0.1,
