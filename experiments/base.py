@@ -1,10 +1,11 @@
 """base: a small GPT-2-style model on the embedded corpus (the Python stdlib).
 
-700 steps of 16 x 256 tokens, bf16 matmuls, remat of all but the matmul outputs. The train step measured here:
-495 ms, against 1,016 ms in float32 without remat and 868 ms in float32 with it; 350 steps in float32 took
-6.5 minutes to val_bpb 1.890, 350 steps in bf16 3.2 minutes to 1.898, and these 700 steps 6.3 minutes to 1.673
-(an idle 2-core CPU, data preparation and compilation included); 5.4 minutes (9,601 tokens/s) since commands run
-on transparent huge pages (see jaxllm/__init__.py).
+700 steps of 16 x 256 tokens, bf16 matmuls, remat keeping only the attention's output (save_attention: in bf16
+recomputing the projections is cheaper here than storing them; a step took 367-373 ms against 395-422 ms with
+save_matmuls). Measured on an idle 2-core CPU, data preparation and compilation included: 350 steps in float32 took
+6.5 minutes to val_bpb 1.890, 350 steps in bf16 3.2 minutes to 1.898, and these 700 steps 6.3 minutes to 1.673;
+5.4 minutes (9,601 tokens/s) once commands ran on transparent huge pages (see jaxllm/__init__.py), and 5.1
+minutes (10,002 tokens/s, val_bpb 1.669) with save_attention.
 """
 
 from jaxllm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig

@@ -104,7 +104,8 @@ def causal_attention(q: Array, k: Array, v: Array) -> Array:
 
     Its residuals are the inputs, the output and the softmax's log-normaliser (B*H,T), as in FlashAttention: the
     backward pass recomputes the probabilities from them. The output and normaliser are named (SAVED_NAMES) so
-    that a remat policy can keep them rather than run the forward pass again."""
+    that a remat policy can keep them rather than run the forward pass again: with remat save_matmuls, that took
+    the bf16 step from 425-433 to 400-415 ms."""
     return _causal_attention_fwd(q, k, v)[0]
 
 
