@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from jaxllm.config import ModelConfig
-from jaxllm.model import Transformer, attend, decode_weights, dense, gelu_tanh, init_cache, rope
+from jaxllm.model import _REMAT_POLICIES, Transformer, attend, decode_weights, dense, gelu_tanh, init_cache, rope
 
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32)
 FAMILIES = {
@@ -234,7 +234,6 @@ def test_cpu_causal_attention_matches_the_explicit_one(dtype, tolerance):
 def test_remat_policies_that_keep_the_attention_skip_its_forward_in_the_backward_pass(remat, exps):
     """Counted in the gradient's jaxpr: the softmax's exponential runs once forward and once in the backward pass
     (probabilities recomputed from the kept normaliser); 'full' keeps nothing, so it also reruns the forward."""
-    from jaxllm.model import _REMAT_POLICIES
     q = jax.random.normal(jax.random.key(0), (2, 16, 4, 8))
     layer = jax.checkpoint(lambda q: attend(q, q, q, None, "xla"), policy=_REMAT_POLICIES[remat])
     jaxpr = jax.make_jaxpr(jax.grad(lambda q: jnp.sum(layer(q))))(q)
