@@ -246,8 +246,9 @@ def _lookup(table: Array, row_axis: str, ids: Array) -> Array:
 # What the backward pass of a layer keeps from its forward pass; the rest is recomputed. The attention's output and
 # normaliser are named by cpu_kernels.causal_attention (training on one CPU device): with them kept, its backward
 # pass runs no forward. 'save_attention' keeps only those, so every projection is recomputed: in bf16 on XLA:CPU
-# that is cheaper than storing their float32 products (GPT-2 6 x 384, batch 8 x 256: 377-400 against 418-421 ms
-# a step), in float32 dearer (1,030-1,038 against 963-991 ms).
+# that is cheaper than storing the scanned layers' float32 products (GPT-2 6 x 384, batch 8 x 256, medians of 6
+# interleaved rounds in one process: 420 ms a step, against 485 with save_matmuls and 453 with full; keeping the
+# projections' bf16 outputs instead: 496), in float32 dearer (1,073 against 1,039 ms with save_matmuls).
 _SAVE_ATTENTION = jax.checkpoint_policies.save_only_these_names(*cpu_kernels.SAVED_NAMES)
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
