@@ -120,15 +120,15 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
     pending, produced = token[None], 0  # (steps, B) tokens not yet yielded, on the device: first the prefill's
     for c in range(n_chunks + 1):
         if c < n_chunks:  # dispatched before the pending tokens reach the host: the device never waits on Python
-            tokens, token, cache, position, index = _decode(graphdef, params, weights, token, cache, position, index,
-                                                            settings, chunk)
+            chunk_tokens, token, cache, position, index = _decode(graphdef, params, weights, token, cache, position,
+                                                                  index, settings, chunk)
         for host_token in np.asarray(pending):
             done |= np.isin(host_token, stop_ids)
             yield host_token
             produced += 1
             if done.all() or produced == max_new:
                 return
-        pending = tokens
+        pending = chunk_tokens
 
 
 _decode_weights = jax.jit(decode_weights, static_argnums=(1, 2))
