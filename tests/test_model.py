@@ -71,7 +71,6 @@ def test_one_row_decodes_on_down_matrices_stored_out_by_in(name):
         np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)
 
 
-
 @pytest.mark.parametrize("name", FAMILIES)
 def test_bf16_decoding_on_weights_cast_once_matches_the_float32_forward(name):
     """decode_weights casts the matrices (not biases or norms) to bf16 for a batch of a few rows on CPU, the down
@@ -97,6 +96,7 @@ def test_bf16_decoding_on_weights_cast_once_matches_the_float32_forward(name):
         step, cache = model_bf16(tokens[:, t:t + 1], positions, cache, jnp.int32(t), weights)
         np.testing.assert_allclose(step[:, 0], full[:, t], atol=0.05 * float(jnp.abs(full).max()))
         assert step.dtype == jnp.float32
+
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_left_padded_rows_decode_like_unpadded_prompts(name):
