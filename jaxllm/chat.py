@@ -9,11 +9,10 @@ than the context loses its oldest tokens.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
-from jaxllm.cli import run_main
+from jaxllm.cli import ArgumentParser, run_main
 from jaxllm.config import ConfigError
 from jaxllm.generate import SamplingConfig, add_sampling_flags, load_run, sampling_from_args, stream
 from jaxllm.posttrain.chat_template import STOP_IDS, reply_prompt
@@ -50,7 +49,7 @@ def repl(run, sampling: SamplingConfig, lines=sys.stdin, out=sys.stdout) -> None
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxllm.chat", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m jaxllm.chat", description=__doc__.split("\n")[0])
     parser.add_argument("--run_dir", required=True)
     parser.add_argument("--prompt", default=None, help="answer this one message and exit")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")

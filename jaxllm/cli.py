@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable
 
@@ -18,3 +19,11 @@ def run_main(main: Callable[[list[str]], int], argv: list[str] | None = None) ->
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors (unknown, missing or malformed flags) are one line and exit status 2 through
+    run_main, like every other bad input, instead of argparse's usage block."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")

@@ -14,7 +14,6 @@ Prints one table and writes it all as JSON (--out, default <last run_dir>/evalua
 
 from __future__ import annotations
 
-import argparse
 import bz2
 import gzip
 import json
@@ -24,7 +23,7 @@ import sys
 
 import numpy as np
 
-from jaxllm.cli import run_main
+from jaxllm.cli import ArgumentParser, run_main
 from jaxllm.config import ConfigError
 
 CHAT_STAGES = ("sft", "dpo")
@@ -202,7 +201,7 @@ def format_table(results: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxllm.evaluate", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m jaxllm.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--run_dir", action="append", required=True, help="repeat for several runs")
     parser.add_argument("--lineage", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
                         help="also evaluate the runs each started from (default true)")

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from jaxllm import checkpoint
-from jaxllm.cli import run_main
+from jaxllm.cli import ArgumentParser, run_main
 from jaxllm.config import Config, ConfigError, ModelConfig, config_from_dict
 from jaxllm.model import abstract_model, decode_weights, init_cache
 from jaxllm.tokenizer import BOS, EOS, Tokenizer
@@ -224,7 +224,7 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxllm.generate", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m jaxllm.generate", description=__doc__.split("\n")[0])
     parser.add_argument("--run_dir", required=True)
     parser.add_argument("--prompt", action="append", help="repeat for a batch of prompts")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")

@@ -16,7 +16,6 @@ with numpy: the runtime needs neither torch nor transformers.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -27,7 +26,7 @@ import sys
 import jax
 import numpy as np
 
-from jaxllm.cli import run_main
+from jaxllm.cli import ArgumentParser, run_main
 from jaxllm.config import Config, ConfigError, DataConfig, ModelConfig, config_from_dict
 
 CHAR_TOKENIZER_NAME = "char_tokenizer.json"
@@ -314,7 +313,7 @@ def import_(hf_dir: pathlib.Path, run_dir: pathlib.Path) -> pathlib.Path:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxllm.hf", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m jaxllm.hf", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     ex = commands.add_parser("export", help="run checkpoint -> transformers directory")
     ex.add_argument("--run_dir", required=True)

@@ -101,3 +101,14 @@ def test_train_generate_export_import_and_fine_tune(tiny_corpus, tmp_path, capsy
 def test_generate_cli_names_the_missing_run(tmp_path, capsys):
     assert run_main(generate.main, [f"--run_dir={tmp_path / 'nothing'}", "--prompt=x"]) == 2
     assert "holds no checkpoints" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main, argv, message", [
+    (generate.main, ["--prompt=x"], "python -m jaxllm.generate: the following arguments are required: --run_dir"),
+    (generate.main, ["--run_dir=r", "--top_k=many"], "argument --top_k: invalid int value: 'many'"),
+    (hf.main, ["export", "--run_dir=r"], "python -m jaxllm.hf export: the following arguments are required: --out"),
+])
+def test_flag_errors_are_one_line_with_status_2(main, argv, message, capsys):
+    assert run_main(main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "--help" in err, err
