@@ -301,9 +301,7 @@ def import_(hf_dir: pathlib.Path, run_dir: pathlib.Path) -> pathlib.Path:
     mesh = sharding.make_mesh(cfg)
     trainer, _ = step_lib.make_trainer(cfg, mesh)
     with jax.set_mesh(mesh):
-        placed = jax.device_put(params, trainer.state_shardings["params"])
-        state = {"params": placed, "opt_state": jax.jit(trainer.optimizer.init)(placed),
-                 "step": jax.numpy.zeros((), "int32")}
+        state = step_lib.init_state(cfg, trainer, jax.device_put(params, trainer.state_shardings["params"]))
         mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints)
         checkpoint.save(mngr, 0, state, cfg, tok.load(local_tokenizer))
         mngr.wait_until_finished()

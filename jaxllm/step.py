@@ -111,8 +111,14 @@ def make_trainer(cfg: Config, mesh: Mesh, loss_fn: Callable = mean_loss) -> tupl
     return Trainer(graphdef, optimizer, mesh, shardings, loss_fn), abstract_state
 
 
-def init_state(cfg: Config, trainer: Trainer) -> dict:
-    """Fresh parameters and optimizer state, created directly in their shards (never whole on one device)."""
+def init_state(cfg: Config, trainer: Trainer, params: dict | None = None) -> dict:
+    """Fresh optimizer state, and fresh parameters unless `params` (fine-tuning: already placed on
+    trainer.state_shardings["params"]) are given; created directly in their shards (never whole on one device)."""
+    if params is not None:  # only the optimizer's state is new: no random parameters are made and dropped
+        opt_init = jax.jit(trainer.optimizer.init, out_shardings=trainer.state_shardings["opt_state"])
+        step = jax.device_put(jnp.zeros((), jnp.int32), trainer.state_shardings["step"])
+        return {"params": params, "opt_state": opt_init(params), "step": step}
+
     def create():
         model = Transformer(cfg.model, nnx.Rngs(cfg.train.seed))
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))

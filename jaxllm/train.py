@@ -167,14 +167,13 @@ def run(cfg: Config, run_dir: pathlib.Path, progress: bool = True,
             state = checkpoint.restore_state(mngr, latest, abstract_state)
             say(f"resumed from {run_dir / 'checkpoints' / str(latest)} at step {latest}")
         else:
-            state = step_lib.init_state(cfg, trainer)
-            if cfg.train.init_from.startswith("hf:"):  # fine-tuning: the optimizer starts fresh
+            params = None  # fine-tuning starts from given parameters, with a fresh optimizer
+            if cfg.train.init_from.startswith("hf:"):
                 from jaxllm.hf import init_params
-                state["params"] = jax.device_put(init_params(cfg.train.init_from, cfg.model),
-                                                 trainer.state_shardings["params"])
+                params = jax.device_put(init_params(cfg.train.init_from, cfg.model), trainer.state_shardings["params"])
             elif cfg.train.init_from:
-                state["params"] = checkpoint.restore_latest_params(cfg.train.init_from, cfg.model,
-                                                                   abstract_state["params"])
+                params = checkpoint.restore_latest_params(cfg.train.init_from, cfg.model, abstract_state["params"])
+            state = step_lib.init_state(cfg, trainer, params)
             if cfg.train.init_from:
                 say(f"parameters from {cfg.train.init_from}")
         start = int(state["step"])

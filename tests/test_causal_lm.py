@@ -57,3 +57,13 @@ def test_overfits_one_batch_and_step_is_pure():
         state, metrics = train_step(state, batch)
     assert float(metrics["loss"]) < 0.1
     assert int(state["step"]) == 59
+
+
+def test_init_state_from_given_parameters_keeps_them_with_a_fresh_optimizer():
+    cfg, mesh, trainer, fresh = _trainer()
+    given = jax.tree.map(lambda a: a + 1.0, fresh["params"])  # parameters a fresh init would never produce
+    state = step.init_state(cfg, trainer, given)
+    chex.assert_trees_all_equal(state["params"], given)
+    chex.assert_trees_all_equal(state["opt_state"], fresh["opt_state"])  # AdamW's zeroed moments and count
+    assert int(state["step"]) == 0
+    chex.assert_trees_all_equal_structs(state, fresh)
