@@ -20,9 +20,17 @@ EMAIL_RE = re.compile(r"[A-Za-z0-9](?<![\w.+-].)[A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-
 EXAMPLE_DOMAIN_RE = re.compile(r"@(?:[\w-]+\.)*example\.(?:com|org|net)$", re.IGNORECASE)
 IPV4_RE = re.compile(r"\d(?<![\w.]\d)\d{0,2}(?:\.\d{1,3}){3}(?!\w|\.\d)")
 IPV6_RE = re.compile(r"[0-9A-Fa-f:](?<![\w:].)[0-9A-Fa-f]{0,3}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])")
-# An optional +country code, an area code (in parentheses or not), then two groups of 3-4 digits, separated by
-# space, dot or hyphen; 10 to 15 digits in all. Dates (2024-01-15) and versions (3.11.7) have too few digits.
-PHONE_RE = re.compile(r"(?<![\w+.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}(?![\w]|[.-]\d)")
+# 10 to 15 digits in groups: an area code (2-4 digits, or in parentheses) and two groups of 3-4 digits, with an
+# optional +country code. Dates (2024-01-15) and versions (3.11.7) have too few digits. Space-separated groups count
+# only after a +country code or a parenthesised area code: bare, "256 512 1024" (a list of numbers) looks exactly
+# like "555 123 4567", so bare groups need one repeated hyphen or dot (555-123-4567, 555.123.4567). A match inside a
+# longer run of number groups ("1024 2048 4096 8192") is not a phone number either.
+PHONE_RE = re.compile(
+    r"(?<![\w+.-])(?<!\d )"
+    r"(?:\+\d{1,3}[ .-]?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}"  # +country code: any separators
+    r"|\(\d{2,4}\)[ .-]?\d{3,4}[ .-]\d{3,4}"  # (area code)
+    r"|\d{2,4}(?P<sep>[.-])\d{3,4}(?P=sep)\d{3,4})"  # bare: one repeated separator
+    r"(?![\w]|[ .-]\d)")
 
 
 def _is_public_ip(candidate: str) -> bool:
