@@ -1,7 +1,8 @@
 """Sampling with a KV cache: one prefill over the (left-padded) prompts, then one-token decode steps.
 
 The prefill and the decode step are each compiled once per (batch, cache length) shape; the decode step writes
-one new key/value per layer into the preallocated cache and never recomputes past tokens. Sampling: temperature,
+one new key/value per layer into the preallocated cache and never recomputes past tokens. The cache grows as the
+generation goes, in at most four lengths (cache_length): a step reads all of it. Sampling: temperature,
 top-k and top-p (nucleus) with a seed; temperature 0 is greedy.
 
 CLI: `python -m jaxllm.generate --run_dir=runs/base --prompt="def fibonacci(n):" [--max_new_tokens=200]
@@ -110,7 +111,9 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
     chunk = max(1, min(DECODE_CHUNK, max_new - 1))
     n_chunks = -(-(max_new - 1) // chunk)
     weights = _decode_weights(params, cfg, b)  # once: no step slices a stack nor casts
-    cache = _init_cache(cfg, b, width + n_chunks * chunk)
+    total = width + n_chunks * chunk  # cache slots the whole generation writes; the cache grows to it (cache_length)
+    length = cache_length(width + chunk, total)
+    cache = _init_cache(cfg, b, length)
     last_logits, cache = _prefill(graphdef, params, weights, jnp.asarray(tokens), jnp.asarray(positions), cache)
     key = jax.random.fold_in(jax.random.key(sampling.seed), width - 1)  # keyed by the input's cache slot
     token = sample_logits(last_logits, key, sampling.temperature, sampling.top_k, sampling.top_p)
@@ -120,6 +123,9 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
     pending, produced = token[None], 0  # (steps, B) tokens not yet yielded, on the device: first the prefill's
     for c in range(n_chunks + 1):
         if c < n_chunks:  # dispatched before the pending tokens reach the host: the device never waits on Python
+            if width + (c + 1) * chunk > length:
+                length = cache_length(width + (c + 1) * chunk, total)
+                cache = _grow_cache(cache, length)
             chunk_tokens, token, cache, position, index = _decode(graphdef, params, weights, token, cache, position,
                                                                   index, settings, chunk)
         for host_token in np.asarray(pending):
@@ -132,6 +138,30 @@ def generate_tokens(graphdef: nnx.GraphDef, params: dict, cfg: ModelConfig, prom
 
 
 _decode_weights = jax.jit(decode_weights, static_argnums=(1, 2))
+
+
+def cache_length(needed: int, total: int) -> int:
+    """The KV cache's length while `needed` of a generation's `total` slots are written: a whole number of quarters of
+    the total (in multiples of 64), so that a generation compiles at most four decoding loops. Every decoding step
+    reads its whole cache, and at batch 8 and 256 slots the six layers' float32 caches (38 MB) outgrow this CPU's
+    caches: GPT-2 6 x 384 in bf16 decoded 240 new tokens at 1,966 tokens/s on one 256-slot cache, 2,143 on caches
+    of 64, 128, 192 and 256 slots (python -m jaxllm.bench generate --new_tokens=256)."""
+    step = 64 * -(-total // 256)
+    return min(total, step * -(-needed // step))
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _grow_cache(cache: tuple, length: int) -> tuple:
+    """The cache (init_cache) padded to `length` slots: empty keys and values, position -1."""
+    def grow(layer):
+        def pad(a, axis, value):
+            widths = [(0, length - a.shape[axis] if i == axis else 0) for i in range(a.ndim)]
+            return jnp.pad(a, widths, constant_values=value)
+
+        return {"k": pad(layer["k"], 2, 0), "v": pad(layer["v"], 1, 0), "pos": pad(layer["pos"], 1, -1)}
+    return tuple(map(grow, cache))
+
+
 _init_cache = jax.jit(init_cache, static_argnums=(0, 1, 2))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 
@@ -17,6 +18,13 @@ CORPUS_FILES = ("textwrap.py", "string.py", "glob.py", "fnmatch.py", "bisect.py"
                 "difflib.py", "json/decoder.py", "json/encoder.py", "json/scanner.py", "csv.py", "colorsys.py",
                 "calendar.py", "base64.py", "locale.py", "tokenize.py", "keyword.py", "copy.py", "pprint.py",
                 "reprlib.py", "numbers.py", "statistics.py", "fractions.py", "random.py", "operator.py")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache_in_tmp(tmp_path_factory):
+    """`python -m jaxllm...` subprocesses keep their compiled programs (jaxllm/__init__.py) in this session's
+    temporary directory, not the user's cache."""
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("compilation_cache"))
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ def test_true_positives(text, expected, counts):
     "id 1234567890 and 999.999.999.999 and 1.2.3.4.5",  # a plain integer, not an address, too many parts
     "ranges 123 456 789 and 2001:db8::1",  # 9 digits; documentation IPv6
     "for n in 256 512 1024: sizes 1024 2048 4096 8192",  # lists of numbers, however many
-    "card 4111 1111 1111 1111, ISBN 978 0306 4061, at 2024 1230 1145",  # space-separated groups without + or ( )
+    "card 4111 1111 1111 1111, ISBN 978 0306 4061, at 2024 1230 1145",  # space-separated, without + or ( )
     "mixed 555-123.4567 and run 555-123-4567-890",  # separators that differ; a longer run of groups
 ])
 def test_look_alikes_stay(text):

@@ -4,6 +4,7 @@ a trained run that goes out to transformers and back in."""
 import dataclasses
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,6 +58,26 @@ def test_batched_prompts_of_different_lengths_decode_as_they_would_alone_with_on
         logits, _ = model(jnp.asarray([tokens]))
         tokens.append(int(jnp.argmax(logits[0, -1])))
     assert tokens[len(prompts[0]):] == batched[0].tolist()
+
+
+@pytest.mark.parametrize("total, lengths", [(22, [22]), (144, [64, 128, 144]), (256, [64, 128, 192, 256]),
+                                            (1000, [256, 512, 768, 1000])])
+def test_the_cache_grows_in_at_most_four_lengths(total, lengths):
+    seen = [generate.cache_length(needed, total) for needed in range(1, total + 1)]
+    assert sorted(set(seen)) == lengths
+    assert all(needed <= length for needed, length in zip(range(1, total + 1), seen))
+
+
+def test_decoding_on_a_growing_cache_equals_decoding_on_the_whole_cache(monkeypatch):
+    cfg = replace(CFG, block_size=160)
+    graphdef, params = split_model(cfg)
+    prompts = [[2, 10, 11, 12, 13, 14], [2, 20], [2, 30, 31, 32]]
+    sampling = generate.SamplingConfig(max_new_tokens=140, temperature=0.9, top_k=20, seed=3)  # 6 + 140 slots
+    grown = np.stack(list(generate.generate_tokens(graphdef, params, cfg, prompts, sampling, ())))
+    monkeypatch.setattr(generate, "cache_length", lambda needed, total: total)
+    whole = np.stack(list(generate.generate_tokens(graphdef, params, cfg, prompts, sampling, ())))
+    chex.assert_shape(grown, (140, 3))
+    np.testing.assert_array_equal(grown, whole)
 
 
 @pytest.mark.slow
