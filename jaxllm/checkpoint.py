@@ -9,6 +9,7 @@ abstract state whose leaves carry the wanted shardings, which reshards onto what
 from __future__ import annotations
 
 import base64
+import logging
 import pathlib
 
 import jax
@@ -18,8 +19,14 @@ from jaxllm import tokenizer as tok
 from jaxllm.config import Config, ConfigError, ModelConfig, config_from_dict, diff
 
 
+# Orbax warns "Given directory is read only" for every read-only manager, which generate, chat, evaluate and export
+# open on purpose: the line would head each command's output.
+logging.getLogger("absl").addFilter(lambda record: not record.getMessage().startswith("Given directory is read only"))
+
+
 def manager(run_dir: pathlib.Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only)
+    saving = {"read_only": True, "max_to_keep": None, "save_interval_steps": 0} if read_only else {"max_to_keep": keep}
+    options = ocp.CheckpointManagerOptions(create=not read_only, **saving)
     return ocp.CheckpointManager(pathlib.Path(run_dir).resolve() / "checkpoints", options=options,
                                  item_names=("state", "meta"))
 

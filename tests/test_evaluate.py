@@ -2,6 +2,7 @@
 compressors, and the whole table over a tiny base -> SFT -> DPO lineage."""
 
 import json
+import logging
 import math
 
 import jax
@@ -74,3 +75,13 @@ def test_chat_tasks_a_character_tokenizer_cannot_encode_are_named_not_crashed_on
     assert evaluate._unencodable(chars, items, ["or not"]) == ""
     assert "'`'" in evaluate._unencodable(chars, items, ["`x`"])
     assert "'Z'" in evaluate._unencodable(chars, [{**items[0], "choices": ["Zed", "be"]}], [])
+
+
+@pytest.mark.slow
+def test_reading_a_run_logs_no_warnings(tiny_lineage, caplog):
+    from jaxllm.generate import load_run
+
+    with caplog.at_level(logging.WARNING):
+        run = load_run(tiny_lineage["root"] / "sft")
+    assert run.step == 6
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
