@@ -14,7 +14,10 @@ def _keep_compiled_programs() -> None:
     programs compiled for this CPU's vector instructions must not run on another that lacks them (a home directory
     shared across machines). Deleting it is always safe. A JAX_COMPILATION_CACHE_DIR of your own is used instead;
     JAX_ENABLE_COMPILATION_CACHE=false turns the cache off."""
-    if sys.argv[:1] != ["-m"] or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    if sys.argv[:1] != ["-m"]:
+        return
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
     import hashlib
     import platform
@@ -27,7 +30,6 @@ def _keep_compiled_programs() -> None:
     tag = hashlib.sha256((platform.machine() + platform.processor() + cpu).encode()).hexdigest()[:12]
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(root, "jaxllm", f"xla-{platform.machine()}-{tag}")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
 def _restart_with_huge_pages() -> None:

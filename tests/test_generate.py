@@ -3,6 +3,7 @@ a trained run that goes out to transformers and back in."""
 
 import dataclasses
 import json
+import logging
 
 import chex
 import jax
@@ -36,16 +37,16 @@ def test_top_k_1_equals_greedy_whatever_the_temperature_and_seed():
     np.testing.assert_array_equal(generate.sample_logits(logits, jax.random.key(4), 1.0, 0, 1e-6), greedy)
 
 
-def test_batched_prompts_of_different_lengths_decode_as_they_would_alone_with_one_compilation():
+def test_batched_prompts_of_different_lengths_decode_as_they_would_alone_with_one_compilation(caplog):
     graphdef, params = split_model()
     prompts = [[2, 10, 11, 12, 13, 14], [2, 20], [2, 30, 31, 32]]
     # 12 tokens: the prefill's and 11 decoding steps, as two chunks of 8 (the last 5 computed and dropped)
     sampling = generate.SamplingConfig(max_new_tokens=12, temperature=0.0)
     assert generate.DECODE_CHUNK == 8
     stop = ()  # random weights: never stop early, so every row runs the whole budget
-    compiled_before = generate._decode._cache_size()  # other tests in this process may have compiled other shapes
-    batched = np.stack(list(generate.generate_tokens(graphdef, params, CFG, prompts, sampling, stop)), axis=1)
-    compiled = generate._decode._cache_size() - compiled_before
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):  # every XLA compilation, cache keys aside
+        batched = np.stack(list(generate.generate_tokens(graphdef, params, CFG, prompts, sampling, stop)), axis=1)
+    compiled = sum(r.getMessage().startswith("Compiling jit(_decode)") for r in caplog.records)
     for row, prompt in zip(batched, prompts):
         alone = np.stack(list(generate.generate_tokens(graphdef, params, CFG, [prompt], sampling, stop)), axis=1)
         np.testing.assert_array_equal(row, alone[0])
@@ -68,16 +69,38 @@ def test_the_cache_grows_in_at_most_four_lengths(total, lengths):
     assert all(needed <= length for needed, length in zip(range(1, total + 1), seen))
 
 
+def cache_lengths_used(monkeypatch) -> list[int]:
+    """The cache lengths generate_tokens makes and grows to, from now on."""
+    lengths = []
+    init, grow = generate._init_cache, generate._grow_cache
+    monkeypatch.setattr(generate, "_init_cache", lambda cfg, b, length: lengths.append(length) or init(cfg, b, length))
+    monkeypatch.setattr(generate, "_grow_cache", lambda cache, length: lengths.append(length) or grow(cache, length))
+    return lengths
+
+
 def test_decoding_on_a_growing_cache_equals_decoding_on_the_whole_cache(monkeypatch):
     cfg = replace(CFG, block_size=160)
     graphdef, params = split_model(cfg)
     prompts = [[2, 10, 11, 12, 13, 14], [2, 20], [2, 30, 31, 32]]
-    sampling = generate.SamplingConfig(max_new_tokens=140, temperature=0.9, top_k=20, seed=3)  # 6 + 140 slots
+    sampling = generate.SamplingConfig(max_new_tokens=140, temperature=0.9, top_k=20, seed=3)
+    lengths = cache_lengths_used(monkeypatch)
     grown = np.stack(list(generate.generate_tokens(graphdef, params, cfg, prompts, sampling, ())))
+    # the prompts' 6 slots and 18 whole chunks of 8 (139 decoded tokens); this tiny model's weights are small next to
+    # its cache
+    assert lengths == [64, 128, 6 + 18 * 8]
     monkeypatch.setattr(generate, "cache_length", lambda needed, total: total)
     whole = np.stack(list(generate.generate_tokens(graphdef, params, cfg, prompts, sampling, ())))
     chex.assert_shape(grown, (140, 3))
     np.testing.assert_array_equal(grown, whole)
+
+
+def test_a_cache_small_next_to_the_weights_starts_whole(monkeypatch):
+    cfg = replace(CFG, block_size=160, vocab_size=4096)  # a 32 x 4096 head: 512 KB read a step, the cache 8 KB
+    graphdef, params = split_model(cfg)
+    lengths = cache_lengths_used(monkeypatch)
+    sampling = generate.SamplingConfig(max_new_tokens=140, temperature=0.0)
+    assert len(list(generate.generate_tokens(graphdef, params, cfg, [[2, 10, 11]], sampling, ()))) == 140
+    assert lengths == [3 + 18 * 8]  # the prompt and 18 whole chunks of 8
 
 
 @pytest.mark.slow
