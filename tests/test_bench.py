@@ -1,9 +1,13 @@
 """The benchmark commands on a tiny model (speed is not asserted: only that every row is measured and reported)."""
 
 import dataclasses
+import os
+
+import jax
+import pytest
 
 from jaxllm import bench
-from jaxllm.config import Config, ModelConfig, TrainConfig
+from jaxllm.config import Config, ConfigError, ModelConfig, TrainConfig
 
 TINY = Config(model=ModelConfig(vocab_size=128, block_size=16, n_layer=2, n_head=2, n_embd=32),
               train=TrainConfig(batch_size=4))
@@ -28,3 +32,14 @@ def test_bench_generate_reports_batch_1_and_8_over_interleaved_rounds():
         assert len(row["rounds"]) == 3 and row["seconds"] == sorted(row["rounds"])[1]
         assert row["tokens_per_s"] == row["batch"] * 4 / row["seconds"]
     bench.print_generate(result)
+
+
+def test_benchmarks_time_compilation_not_programs_kept_on_disk(monkeypatch):
+    monkeypatch.setenv("JAX_ENABLE_COMPILATION_CACHE", "true")
+    try:
+        with pytest.raises(ConfigError, match="usage"):
+            bench.main(["nonsense"])
+        assert not jax.config.jax_enable_compilation_cache  # this process
+        assert os.environ["JAX_ENABLE_COMPILATION_CACHE"] == "false"  # and the speedrun's training process
+    finally:
+        jax.config.update("jax_enable_compilation_cache", True)
