@@ -26,6 +26,13 @@ def config() -> Config:
         data=DataConfig(sources=("stdlib",)),
         # warmup: the sweep caps it at a tenth of each run's steps
         optim=OptimConfig(lr=1e-2, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1),
-        train=TrainConfig(steps=1000, batch_size=8, log_every=50, eval_every=1000, eval_batches=32,
-                          checkpoint_every=1000, sample_tokens=16),
+        train=TrainConfig(
+            steps=1000,
+            batch_size=8,
+            log_every=50,
+            eval_every=1000,
+            eval_batches=32,
+            checkpoint_every=1000,
+            sample_tokens=16,
+        ),
     )

@@ -14,15 +14,23 @@ import sys
 
 from jaxllm.cli import ArgumentParser, run_main
 from jaxllm.config import ConfigError
-from jaxllm.generate import SamplingConfig, add_sampling_flags, load_run, sampling_from_args, stream
+from jaxllm.inference.generate import SamplingConfig, add_sampling_flags, sampling_from_args, stream
 from jaxllm.posttrain.chat_template import STOP_IDS, reply_prompt
+from jaxllm.train.checkpoint import load_run
 
 
 def reply(run, history: list[dict], sampling: SamplingConfig, out=sys.stdout) -> str:
     """Streams the assistant's reply to the history to `out` and returns it."""
     pieces = []
-    for piece in stream(run.graphdef, run.params, run.cfg.model, run.tokenizer,
-                        reply_prompt(history, run.tokenizer.encode), sampling, STOP_IDS):
+    for piece in stream(
+        run.graphdef,
+        run.params,
+        run.cfg.model,
+        run.tokenizer,
+        reply_prompt(history, run.tokenizer.encode),
+        sampling,
+        STOP_IDS,
+    ):
         pieces.append(piece)
         print(piece, end="", flush=True, file=out)
     print(file=out)
@@ -58,9 +66,11 @@ def main(argv: list[str]) -> int:
     sampling = sampling_from_args(args)
     run = load_run(pathlib.Path(args.run_dir), args.step)
     if run.cfg.posttrain.stage not in ("sft", "dpo"):
-        raise ConfigError(f"--run_dir={args.run_dir} holds a pretrained model, not a chat-trained one (it has never "
-                          "seen the chat template): fine-tune it first, e.g. python -m jaxllm.sft "
-                          "--experiment=base_sft, then chat with runs/base_sft")
+        raise ConfigError(
+            f"--run_dir={args.run_dir} holds a pretrained model, not a chat-trained one (it has never "
+            "seen the chat template): fine-tune it first, e.g. python -m jaxllm.sft "
+            "--experiment=base_sft, then chat with runs/base_sft"
+        )
     if args.prompt is not None:
         reply(run, [{"role": "user", "content": args.prompt}], sampling)
     else:

@@ -19,10 +19,11 @@ import sys
 
 from jaxllm.cli import run_main
 from jaxllm.config import Config, ConfigError, parse_cli
-from jaxllm.scaling import (PLANNERS, flops_per_token, human, param_count, positive_number, size_model,
-                            smallest_model)
+from jaxllm.model.accounting import flops_per_token, param_count
+from jaxllm.scaling.laws import PLANNERS, human, positive_number, size_model, smallest_model
 
-FLAGS = ("flops", "hours", "chips", "peak_tflops", "mfu", "tokens_per_s", "json")
+FLAGS = ("flops", "hours", "chips", "peak_tflops", "mfu", "tokens_per_s")
+SWITCHES = ("json",)
 DEFAULT_MFU = 0.4  # a typical well-tuned large run; say --mfu to use your own
 
 
@@ -67,17 +68,25 @@ def sized_model(cfg: Config, planner, flops: float) -> dict:
         raise ConfigError(
             f"{flops:.3g} FLOPs plans {human(plan.n_params)} parameters ({plan.method}) but the smallest "
             f"{cfg.name} model (1 layer, width {smallest_model(cfg.model).n_embd}) has {human(smallest)}: "
-            f"raise the budget to at least {flops * (smallest / plan.n_params) ** (1 / growth):.2g} FLOPs")
+            f"raise the budget to at least {flops * (smallest / plan.n_params) ** (1 / growth):.2g} FLOPs"
+        )
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size
     steps = max(1, round(flops / (flops_per_token(model) * tokens_per_step)))  # exact FLOPs, attention included
-    overrides = [f"--model.n_layer={model.n_layer}", f"--model.n_embd={model.n_embd}",
-                 f"--model.n_head={model.n_head}"]
+    overrides = [f"--model.n_layer={model.n_layer}", f"--model.n_embd={model.n_embd}", f"--model.n_head={model.n_head}"]
     overrides += [f"--model.n_kv_head={model.n_kv_head}"] if model.n_kv_head else []
     overrides += [f"--model.mlp_hidden={model.mlp_hidden}"] if model.mlp_hidden else []
-    return {"n_layer": model.n_layer, "n_embd": model.n_embd, "n_head": model.n_head,
-            "n_kv_head": model.kv_heads, "mlp_hidden": model.hidden, "params": n_params,
-            "non_embedding_params": param_count(model).non_embedding, "steps": steps,
-            "tokens": steps * tokens_per_step, "overrides": " ".join(overrides + [f"--train.steps={steps}"])}
+    return {
+        "n_layer": model.n_layer,
+        "n_embd": model.n_embd,
+        "n_head": model.n_head,
+        "n_kv_head": model.kv_heads,
+        "mlp_hidden": model.hidden,
+        "params": n_params,
+        "non_embedding_params": param_count(model).non_embedding,
+        "steps": steps,
+        "tokens": steps * tokens_per_step,
+        "overrides": " ".join(overrides + [f"--train.steps={steps}"]),
+    }
 
 
 def wall_time(seconds: float) -> str:
@@ -93,41 +102,63 @@ def report(flags: dict[str, str], cfg: Config, sized: bool) -> dict:
     rows = []
     for planner in PLANNERS:
         plan = planner(flops)
-        wall_s = (flops / flop_per_s if flop_per_s else plan.n_tokens / tokens_per_s if tokens_per_s else None)
-        row = {"method": plan.method, "source": plan.source, "params": plan.n_params, "tokens": plan.n_tokens,
-               "tokens_per_param": plan.n_tokens / plan.n_params, "loss": plan.loss,
-               "steps": math.ceil(plan.n_tokens / tokens_per_step), "wall_s": wall_s}
+        wall_s = flops / flop_per_s if flop_per_s else plan.n_tokens / tokens_per_s if tokens_per_s else None
+        row = {
+            "method": plan.method,
+            "source": plan.source,
+            "params": plan.n_params,
+            "tokens": plan.n_tokens,
+            "tokens_per_param": plan.n_tokens / plan.n_params,
+            "loss": plan.loss,
+            "steps": math.ceil(plan.n_tokens / tokens_per_step),
+            "wall_s": wall_s,
+        }
         if sized:
             row["model"] = sized_model(cfg, planner, flops)
         rows.append(row)
-    return {"flops": flops, "budget": origin, "flop_per_s": flop_per_s, "tokens_per_s": tokens_per_s,
-            "experiment": cfg.name, "family": cfg.model.family, "tokens_per_step": tokens_per_step, "methods": rows}
+    return {
+        "flops": flops,
+        "budget": origin,
+        "flop_per_s": flop_per_s,
+        "tokens_per_s": tokens_per_s,
+        "experiment": cfg.name,
+        "family": cfg.model.family,
+        "tokens_per_step": tokens_per_step,
+        "methods": rows,
+    }
 
 
 def print_table(result: dict) -> None:
     print(result["budget"])
-    print(f"steps at {result['tokens_per_step']:,} tokens per step (experiment {result['experiment']}); "
-          "loss in nats per token on the method's own data (MassiveText), not ours")
-    print(f"{'method':<14} {'params N':>9} {'tokens D':>9} {'D/N':>6} {'loss':>6} {'steps':>8} {'wall time':>10}"
-          "  source")
+    print(
+        f"steps at {result['tokens_per_step']:,} tokens per step (experiment {result['experiment']}); "
+        "loss in nats per token on the method's own data (MassiveText), not ours"
+    )
+    print(
+        f"{'method':<14} {'params N':>9} {'tokens D':>9} {'D/N':>6} {'loss':>6} {'steps':>8} {'wall time':>10}  source"
+    )
     for row in result["methods"]:
         loss = f"{row['loss']:.3f}" if row["loss"] is not None else "-"
         wall = wall_time(row["wall_s"]) if row["wall_s"] is not None else "-"
-        print(f"{row['method']:<14} {human(row['params']):>9} {human(row['tokens']):>9} "
-              f"{row['tokens_per_param']:>6.1f} {loss:>6} {human(row['steps']):>8} {wall:>10}  {row['source']}")
+        print(
+            f"{row['method']:<14} {human(row['params']):>9} {human(row['tokens']):>9} "
+            f"{row['tokens_per_param']:>6.1f} {loss:>6} {human(row['steps']):>8} {wall:>10}  {row['source']}"
+        )
     for row in result["methods"]:
         if "model" in row:
             model = row["model"]
             layers = f"{model['n_layer']} layer" + ("s" if model["n_layer"] > 1 else "")
-            print(f"\n{row['method']}: {result['family']}, {layers} x {model['n_embd']} wide, "
-                  f"{model['n_head']} heads ({model['n_kv_head']} kv), {human(model['params'])} params "
-                  f"({human(model['non_embedding_params'])} non-embedding), {human(model['steps'])} steps, "
-                  f"{human(model['tokens'])} tokens\n  python -m jaxllm.train --experiment={result['experiment']} "
-                  f"{model['overrides']}")
+            print(
+                f"\n{row['method']}: {result['family']}, {layers} x {model['n_embd']} wide, "
+                f"{model['n_head']} heads ({model['n_kv_head']} kv), {human(model['params'])} params "
+                f"({human(model['non_embedding_params'])} non-embedding), {human(model['steps'])} steps, "
+                f"{human(model['tokens'])} tokens\n  python -m jaxllm.train --experiment={result['experiment']} "
+                f"{model['overrides']}"
+            )
 
 
 def main(argv: list[str]) -> int:
-    cfg, flags = parse_cli(argv, allowed_flags=FLAGS)
+    cfg, flags = parse_cli(argv, allowed_flags=FLAGS, switches=SWITCHES)
     result = report(flags, cfg, sized="experiment" in flags)
     if flags.get("json", "false").lower() in ("1", "true", "yes", "on"):
         print(json.dumps(result, indent=2))

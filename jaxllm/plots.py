@@ -1,4 +1,5 @@
-"""PNG plots of a run: the training and held-out loss curves."""
+"""PNG plots: a run's training and held-out loss curves; `plt` is pyplot on the file-only Agg backend for every
+other plot (import it from here, so that no command ever opens a window)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ import math
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxllm.config import Config, ConfigError, MeshConfig
 
@@ -40,12 +41,16 @@ def mesh_shape(mesh_cfg: MeshConfig, n_devices: int) -> tuple[int, int, int]:
     fixed = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if n_devices % fixed:
-            raise ConfigError(f"mesh {dict(zip(AXES, sizes))}: the fixed axes ({fixed} devices) do not divide the "
-                              f"{n_devices} available devices; choose sizes whose product divides {n_devices}")
+            raise ConfigError(
+                f"mesh {dict(zip(AXES, sizes))}: the fixed axes ({fixed} devices) do not divide the "
+                f"{n_devices} available devices; choose sizes whose product divides {n_devices}"
+            )
         sizes[sizes.index(-1)] = n_devices // fixed
     if math.prod(sizes) != n_devices:
-        raise ConfigError(f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} uses {math.prod(sizes)} devices "
-                          f"but {n_devices} are available; make the product {n_devices} or set one axis to -1")
+        raise ConfigError(
+            f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} uses {math.prod(sizes)} devices "
+            f"but {n_devices} are available; make the product {n_devices} or set one axis to -1"
+        )
     return tuple(sizes)
 
 
@@ -82,8 +87,10 @@ def logical_to_spec(names: tuple[str | None, ...]) -> P:
 
 def param_specs(abstract_params: nnx.State) -> dict:
     """A pure dict of PartitionSpecs mirroring the parameters, read from each parameter's logical names."""
+
     def spec(var):
         return logical_to_spec(var.get_metadata().get("out_sharding") or (None,) * var.value.ndim)
+
     return nnx.to_pure_dict(jax.tree.map(spec, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
 
 
@@ -93,12 +100,6 @@ def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
     if jax.sharding.get_abstract_mesh().empty:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names))
-
-
-def on_one_device() -> bool:
-    """True outside `jax.set_mesh` or on a one-device mesh: where the model may use its single-device CPU paths."""
-    mesh = jax.sharding.get_abstract_mesh()
-    return mesh.empty or mesh.size == 1
 
 
 def named(mesh: Mesh, specs):
@@ -124,9 +125,11 @@ def batch_block(mesh: Mesh, batch_size: int) -> tuple[int, int]:
     rows = sorted({r for index in indices for r in range(*index[0].indices(batch_size))})
     size = len(rows)
     if rows != list(range(rows[0], rows[0] + size)) or rows[0] % size or batch_size % size:
-        raise ConfigError(f"process {jax.process_index()} holds batch rows {rows[0]}..{rows[-1]} of {batch_size} "
-                          f"not as one aligned block (mesh {dict(mesh.shape)}): put the axes that span hosts first, "
-                          "e.g. grow mesh.data")
+        raise ConfigError(
+            f"process {jax.process_index()} holds batch rows {rows[0]}..{rows[-1]} of {batch_size} "
+            f"not as one aligned block (mesh {dict(mesh.shape)}): put the axes that span hosts first, "
+            "e.g. grow mesh.data"
+        )
     return rows[0] // size, batch_size // size
 
 
@@ -134,8 +137,9 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh, batch_size: int) -> d
     """Assembles this process's block of rows (see batch_block) into global (batch_size, ...) arrays sharded over
     the batch axes; on one process the block is the whole batch."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v, (batch_size, *v.shape[1:]))
-            for k, v in local.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v, (batch_size, *v.shape[1:])) for k, v in local.items()
+    }
 
 
 def bytes_per_device(abstract_tree) -> int:

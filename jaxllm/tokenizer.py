@@ -98,17 +98,34 @@ def train_bpe(lines: Iterator[str], vocab_size: int, out: pathlib.Path) -> BPETo
     """Trains on an iterator of lines (without their newline) and writes `out` (a .model file)."""
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=lines, model_prefix=str(out.with_suffix("")), model_type="bpe",
-            vocab_size=vocab_size, byte_fallback=True, character_coverage=0.9995,
-            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
-            allow_whitespace_only_pieces=True, split_digits=True, max_sentence_length=16384,
-            pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
-            control_symbols=list(CHAT_TOKENS), user_defined_symbols=list(WHITESPACE_SYMBOLS),
-            num_threads=2, minloglevel=2, train_extremely_large_corpus=False)
+            sentence_iterator=lines,
+            model_prefix=str(out.with_suffix("")),
+            model_type="bpe",
+            vocab_size=vocab_size,
+            byte_fallback=True,
+            character_coverage=0.9995,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True,
+            split_digits=True,
+            max_sentence_length=16384,
+            pad_id=PAD,
+            unk_id=UNK,
+            bos_id=BOS,
+            eos_id=EOS,
+            control_symbols=list(CHAT_TOKENS),
+            user_defined_symbols=list(WHITESPACE_SYMBOLS),
+            num_threads=2,
+            minloglevel=2,
+            train_extremely_large_corpus=False,
+        )
     except RuntimeError as e:
         if "Vocabulary size" in str(e):
-            raise ConfigError(f"model.vocab_size={vocab_size} is larger than this corpus supports "
-                              f"({str(e).strip().splitlines()[-1]}); lower model.vocab_size") from None
+            raise ConfigError(
+                f"model.vocab_size={vocab_size} is larger than this corpus supports "
+                f"({str(e).strip().splitlines()[-1]}); lower model.vocab_size"
+            ) from None
         raise
     (out.with_suffix(".vocab")).unlink(missing_ok=True)
     return BPETokenizer(out)

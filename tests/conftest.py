@@ -8,16 +8,59 @@ import shutil
 
 import pytest
 
-from jaxllm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
-from jaxllm.data.sources import stdlib_root
+# LLVM's optimisations off for this process and the commands the tests start (set before JAX starts its backend):
+# they change no result the tests check, and compiling without them takes about half the time of the suite.
+os.environ["XLA_FLAGS"] = " ".join(
+    filter(
+        None,
+        [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"],
+    )
+)
+
+from jaxllm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
+from jaxllm.data.sources import stdlib_root  # noqa: E402
 
 pytest_plugins = ("tests.posttrain_fixtures",)  # one tiny base -> SFT -> DPO lineage for the whole session
 
+# Every test of the model, the step and generation runs under each kernel set (the `kernel_set` fixture): the
+# reference is the portable path every GPU and TPU runs, so CI exercises it although it has no accelerator.
+KERNEL_SETS = ("reference", "xla_cpu")
+
+
+@pytest.fixture(params=KERNEL_SETS)
+def kernel_set(request) -> str:
+    return request.param
+
+
 # Real, varied stdlib modules: code, docstrings, unicode, tabs.
-CORPUS_FILES = ("textwrap.py", "string.py", "glob.py", "fnmatch.py", "bisect.py", "heapq.py", "shlex.py",
-                "difflib.py", "json/decoder.py", "json/encoder.py", "json/scanner.py", "csv.py", "colorsys.py",
-                "calendar.py", "base64.py", "locale.py", "tokenize.py", "keyword.py", "copy.py", "pprint.py",
-                "reprlib.py", "numbers.py", "statistics.py", "fractions.py", "random.py", "operator.py")
+CORPUS_FILES = (
+    "textwrap.py",
+    "string.py",
+    "glob.py",
+    "fnmatch.py",
+    "bisect.py",
+    "heapq.py",
+    "shlex.py",
+    "difflib.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "json/scanner.py",
+    "csv.py",
+    "colorsys.py",
+    "calendar.py",
+    "base64.py",
+    "locale.py",
+    "tokenize.py",
+    "keyword.py",
+    "copy.py",
+    "pprint.py",
+    "reprlib.py",
+    "numbers.py",
+    "statistics.py",
+    "fractions.py",
+    "random.py",
+    "operator.py",
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,11 +79,20 @@ def tiny_corpus(tmp_path_factory) -> pathlib.Path:
 
 
 def tiny_config(corpus: pathlib.Path, cache: pathlib.Path, **train) -> Config:
-    train = {"steps": 8, "batch_size": 4, "log_every": 2, "eval_every": 4, "eval_batches": 2,
-             "checkpoint_every": 4, "sample_tokens": 8, "peak_tflops": 1.0} | train
+    train = {
+        "steps": 8,
+        "batch_size": 4,
+        "log_every": 2,
+        "eval_every": 4,
+        "eval_batches": 2,
+        "checkpoint_every": 4,
+        "sample_tokens": 8,
+        "peak_tflops": 1.0,
+    } | train
     return Config(
         name="tiny",
-        model=ModelConfig(vocab_size=512, block_size=32, n_layer=2, n_head=2, n_embd=32),
+        # kernels 'auto' (as users run it); float32, so that figures do not depend on this CPU's bf16 speed
+        model=ModelConfig(vocab_size=512, block_size=32, n_layer=2, n_head=2, n_embd=32, compute_dtype="float32"),
         data=DataConfig(sources=(f"dir:{corpus}",), val_fraction=0.15, cache_dir=str(cache)),
         optim=OptimConfig(lr=1e-2, warmup_steps=2),
         train=TrainConfig(**train),

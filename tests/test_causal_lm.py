@@ -7,16 +7,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxllm import sharding, step
+from jaxllm import sharding
 from jaxllm.config import Config, ModelConfig, OptimConfig, TrainConfig
-from jaxllm.model import Transformer
+from jaxllm.model.transformer import Transformer
+from jaxllm.train import step
 
-CFG = ModelConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=32)
+CFG = ModelConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=32, compute_dtype="float32")
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_future_tokens_never_change_earlier_logits(family):
-    cfg = ModelConfig(**{**CFG.__dict__, "family": family, "n_kv_head": 1 if family == "llama" else 0})
+def test_future_tokens_never_change_earlier_logits(family, kernel_set):
+    cfg = ModelConfig(
+        **{**CFG.__dict__, "family": family, "n_kv_head": 1 if family == "llama" else 0, "kernels": kernel_set}
+    )
     with nnx.use_eager_sharding(False):
         model = Transformer(cfg, nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 256)
@@ -28,24 +31,27 @@ def test_future_tokens_never_change_earlier_logits(family):
     assert float(jnp.abs(a[:, 10:] - b[:, 10:]).max()) > 1e-3
 
 
-def _trainer(lr=1e-2, steps=60):
-    cfg = Config(model=CFG, optim=OptimConfig(lr=lr, warmup_steps=5, weight_decay=0.0),
-                 train=TrainConfig(steps=steps, batch_size=4))
+def _trainer(kernel_set, lr=1e-2, steps=60):
+    cfg = Config(
+        model=ModelConfig(**{**CFG.__dict__, "kernels": kernel_set}),
+        optim=OptimConfig(lr=lr, warmup_steps=5, weight_decay=0.0),
+        train=TrainConfig(steps=steps, batch_size=4),
+    )
     mesh = sharding.make_mesh(cfg)
     trainer, _ = step.make_trainer(cfg, mesh)
     return cfg, mesh, trainer, step.init_state(cfg, trainer)
 
 
-def test_initial_loss_is_close_to_uniform():
-    cfg, mesh, trainer, state = _trainer()
+def test_initial_loss_is_close_to_uniform(kernel_set):
+    cfg, mesh, trainer, state = _trainer(kernel_set)
     tokens = np.random.default_rng(0).integers(0, 256, (4, 17)).astype(np.int32)
     batch = sharding.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh, 4)
     _, metrics = trainer.jit_train_step()(state, batch)
     assert abs(float(metrics["loss"]) - np.log(256)) < 0.05
 
 
-def test_overfits_one_batch_and_step_is_pure():
-    cfg, mesh, trainer, state = _trainer()
+def test_overfits_one_batch_and_step_is_pure(kernel_set):
+    cfg, mesh, trainer, state = _trainer(kernel_set)
     tokens = np.random.default_rng(0).integers(0, 256, (4, 17)).astype(np.int32)
     batch = sharding.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh, 4)
     train_step = jax.jit(trainer.train_step)  # not donating: the same state is stepped twice below
@@ -60,7 +66,7 @@ def test_overfits_one_batch_and_step_is_pure():
 
 
 def test_init_state_from_given_parameters_keeps_them_with_a_fresh_optimizer():
-    cfg, mesh, trainer, fresh = _trainer()
+    cfg, mesh, trainer, fresh = _trainer("reference")
     given = jax.tree.map(lambda a: a + 1.0, fresh["params"])  # parameters a fresh init would never produce
     state = step.init_state(cfg, trainer, given)
     chex.assert_trees_all_equal(state["params"], given)

@@ -16,15 +16,30 @@ def encode(text):  # ids from 100 up, one per character: never a special id
     return [100 + ord(c) % 50 for c in text]
 
 
-CONVERSATION = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "yo"}, {"role": "user", "content": "and?"},
-                {"role": "assistant", "content": "ok!"}]
+CONVERSATION = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "yo"},
+    {"role": "user", "content": "and?"},
+    {"role": "assistant", "content": "ok!"},
+]
 
 
 def test_mask_covers_exactly_the_assistant_tokens():
     r = render(CONVERSATION, encode)
-    expected_ids = ([BOS, SYSTEM] + encode("be brief") + [END, USER] + encode("hi") + [END, ASSISTANT] + encode("yo")
-                    + [END, USER] + encode("and?") + [END, ASSISTANT] + encode("ok!") + [END])
+    expected_ids = (
+        [BOS, SYSTEM]
+        + encode("be brief")
+        + [END, USER]
+        + encode("hi")
+        + [END, ASSISTANT]
+        + encode("yo")
+        + [END, USER]
+        + encode("and?")
+        + [END, ASSISTANT]
+        + encode("ok!")
+        + [END]
+    )
     assert r.ids == expected_ids and len(r.mask) == len(r.ids)
     written = [i for i, m in zip(r.ids, r.mask) if m]
     assert written == encode("yo") + [END] + encode("ok!") + [END]
@@ -40,7 +55,7 @@ def test_generation_prompt_is_the_training_prefix():
     history = CONVERSATION[:4]
     prompt = reply_prompt(history, encode)
     assert prompt[-1] == ASSISTANT
-    assert render(CONVERSATION, encode).ids[:len(prompt)] == prompt
+    assert render(CONVERSATION, encode).ids[: len(prompt)] == prompt
     assert END in STOP_IDS
 
 
@@ -49,11 +64,11 @@ def test_training_row_shifts_and_pads():
     row = training_row(r, 16)
     n = len(r.ids)
     assert row["inputs"].shape == row["targets"].shape == row["loss_mask"].shape == (16,)
-    np.testing.assert_array_equal(row["inputs"][:n - 1], r.ids[:-1])
-    np.testing.assert_array_equal(row["targets"][:n - 1], r.ids[1:])
-    np.testing.assert_array_equal(row["loss_mask"][:n - 1], r.mask[1:])
-    assert (row["inputs"][n:] == PAD).all() and (row["targets"][n - 1:] == PAD).all()
-    assert (row["loss_mask"][n - 1:] == 0).all()  # padding carries no loss
+    np.testing.assert_array_equal(row["inputs"][: n - 1], r.ids[:-1])
+    np.testing.assert_array_equal(row["targets"][: n - 1], r.ids[1:])
+    np.testing.assert_array_equal(row["loss_mask"][: n - 1], r.mask[1:])
+    assert (row["inputs"][n:] == PAD).all() and (row["targets"][n - 1 :] == PAD).all()
+    assert (row["loss_mask"][n - 1 :] == 0).all()  # padding carries no loss
     with pytest.raises(ValueError, match="does not fit"):
         training_row(r, n - 2)
 
@@ -83,8 +98,12 @@ def test_stdlib_tasks_split_by_module():
 
 def test_jsonl_errors_name_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
-                    + "\n" + json.dumps({"prompt": "p"}) + "\n")
+    path.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+        + "\n"
+        + json.dumps({"prompt": "p"})
+        + "\n"
+    )
     with pytest.raises(ConfigError, match=r"bad.jsonl:2: not a valid conversations record"):
         chat_data.read_jsonl(str(path), "conversations")
     with pytest.raises(ConfigError, match="matches no file"):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from jaxllm.config import ConfigError
+from jaxllm.config.clean import DedupConfig
 from jaxllm.data.dedup import FirstSeen, MinHasher, exact_key
-from jaxllm.data.pipeline_config import DedupConfig
 
 
 def essay(seed: int, n: int = 300) -> list[str]:

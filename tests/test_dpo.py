@@ -1,6 +1,7 @@
 """DPO: the loss against a hand computation, ln 2 and zero margin when the policy is the reference, and the stage
 end to end from an SFT run (which is also the frozen reference)."""
 
+import json
 import math
 
 import jax
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxllm.posttrain.dpo import dpo_loss, make_loss_fn, token_logprobs
+from jaxllm.posttrain.dpo import dpo_loss, make_loss_fn, masked_logprobs
 from tests.test_sft import tiny_params
 
 
@@ -21,8 +22,9 @@ def test_dpo_loss_by_hand():
     # pair 2: chosen reward 0.5 * 1 = 0.5, rejected 0.5 * 2 = 1.0, margin -0.5
     expected = -(math.log(1 / (1 + math.exp(-1.0))) + math.log(1 / (1 + math.exp(0.5)))) / 2
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
-    np.testing.assert_allclose([m["chosen_reward"], m["rejected_reward"], m["margin"], m["reward_acc"]],
-                               [0.5, 0.25, 0.25, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(
+        [m["chosen_reward"], m["rejected_reward"], m["margin"], m["reward_acc"]], [0.5, 0.25, 0.25, 0.5], rtol=1e-6
+    )
 
 
 def test_policy_equal_to_reference_gives_ln2():
@@ -34,8 +36,12 @@ def test_policy_equal_to_reference_gives_ln2():
         targets = rng.integers(8, 64, (3, 16)).astype(np.int32)
         mask = np.zeros((3, 16), np.float32)
         mask[:, 6:11] = 1
-        batch |= {f"{side}_inputs": inputs, f"{side}_targets": targets, f"{side}_loss_mask": mask,
-                  f"{side}_ref": token_logprobs(params, graphdef, inputs, targets, mask)}
+        batch |= {
+            f"{side}_inputs": inputs,
+            f"{side}_targets": targets,
+            f"{side}_loss_mask": mask,
+            f"{side}_ref": masked_logprobs(params, graphdef, inputs, targets, mask),
+        }
     loss, m = jax.jit(make_loss_fn(0.1), static_argnums=1)(params, graphdef, batch)
     np.testing.assert_allclose(loss, math.log(2), rtol=1e-6)
     np.testing.assert_allclose([m["margin"], m["chosen_reward"], m["rejected_reward"]], 0.0, atol=1e-6)
@@ -43,7 +49,6 @@ def test_policy_equal_to_reference_gives_ln2():
 
 @pytest.mark.slow
 def test_dpo_end_to_end(tiny_lineage):
-    import json
     dpo, root = tiny_lineage["dpo"], tiny_lineage["root"]
     assert dpo["step"] == 6 and np.isfinite(dpo["val_loss"])
     records = [json.loads(line) for line in (root / "dpo" / "metrics.jsonl").read_text().splitlines()]

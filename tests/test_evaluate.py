@@ -10,10 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxllm import evaluate
+from jaxllm import evaluate as evaluate_command
+from jaxllm import kernels
+from jaxllm import tokenizer as tok
 from jaxllm.config import Config
-from jaxllm.generate import LoadedRun
+from jaxllm.eval import suite as evaluate
 from jaxllm.tokenizer import train_char
+from jaxllm.train.checkpoint import LoadedRun, load_run
 from tests.posttrain_fixtures import arithmetic, write_jsonl
 from tests.test_sft import TINY, tiny_params
 
@@ -22,13 +25,18 @@ def uniform_run(tmp_path) -> LoadedRun:
     """All parameters zero: every logit is 0, so every token has log-probability -ln(vocab)."""
     graphdef, params = tiny_params()
     tokenizer = train_char(["abcdefq?"], tmp_path / "chars.json")
-    return LoadedRun(Config(model=TINY), graphdef, jax.tree.map(jnp.zeros_like, params), tokenizer, 0)
+    choice = kernels.Choice(TINY.kernels, TINY.compute_dtype, "as configured")
+    return LoadedRun(
+        Config(model=TINY), graphdef, jax.tree.map(jnp.zeros_like, params), tokenizer, 0, choice, Config(model=TINY)
+    )
 
 
 def test_multiple_choice_scores_only_the_choice_tokens(tmp_path):
     run = uniform_run(tmp_path)
-    items = [{"question": "q?", "choices": ["abc", "a", "abcdef"], "answer": 1},
-             {"question": "qq?", "choices": ["ab", "abcd"], "answer": 1}]
+    items = [
+        {"question": "q?", "choices": ["abc", "a", "abcdef"], "answer": 1},
+        {"question": "qq?", "choices": ["ab", "abcd"], "answer": 1},
+    ]
     scores = evaluate.choice_logprobs(run, items)
     per_token = -math.log(TINY.vocab_size)
     np.testing.assert_allclose(scores[0], [3 * per_token, per_token, 6 * per_token], rtol=1e-5)
@@ -56,10 +64,11 @@ def test_compressors_on_text():
 @pytest.mark.slow
 def test_evaluate_lineage_end_to_end(tiny_lineage, capsys):
     root = tiny_lineage["root"]
-    choices = write_jsonl(root / "choices.jsonl", [{"question": q, "choices": [w, a], "answer": 1}
-                                                   for q, a, w in arithmetic(20)])
+    choices = write_jsonl(
+        root / "choices.jsonl", [{"question": q, "choices": [w, a], "answer": 1} for q, a, w in arithmetic(20)]
+    )
     assert evaluate.lineage(root / "dpo") == [root / "base", root / "sft", root / "dpo"]
-    assert evaluate.main([f"--run_dir={root / 'dpo'}", f"--choices={choices}", "--text_windows=4"]) == 0
+    assert evaluate_command.main([f"--run_dir={root / 'dpo'}", f"--choices={choices}", "--text_windows=4"]) == 0
     out = capsys.readouterr().out
     assert "multiple choice acc (total)" in out and "xz -9e" in out and "DPO held-out reward acc" in out
     results = json.loads((root / "dpo" / "evaluation.json").read_text())
@@ -69,7 +78,6 @@ def test_evaluate_lineage_end_to_end(tiny_lineage, capsys):
 
 
 def test_chat_tasks_a_character_tokenizer_cannot_encode_are_named_not_crashed_on(tmp_path):
-    from jaxllm import tokenizer as tok
     chars = tok.train_char(["to be or not to be?\n"], tmp_path / "tokenizer.json")
     items = [{"question": "to be?", "choices": ["be", "not"], "answer": 0}]
     assert evaluate._unencodable(chars, items, ["or not"]) == ""
@@ -79,7 +87,6 @@ def test_chat_tasks_a_character_tokenizer_cannot_encode_are_named_not_crashed_on
 
 @pytest.mark.slow
 def test_reading_a_run_logs_no_warnings(tiny_lineage, caplog):
-    from jaxllm.generate import load_run
 
     with caplog.at_level(logging.WARNING):
         run = load_run(tiny_lineage["root"] / "sft")

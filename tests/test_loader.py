@@ -3,8 +3,8 @@ import math
 import numpy as np
 
 from jaxllm.data import loader, shards
-from jaxllm.evaluate_loss import bits_per_byte
 from jaxllm.tokenizer import BOS
+from jaxllm.train.evaluation import bits_per_byte
 
 TOKENS = np.arange(10_000, dtype=np.uint16)
 

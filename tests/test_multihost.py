@@ -32,21 +32,37 @@ def _free_port() -> int:
 def test_two_processes_match_one(tiny_corpus, tmp_path):
     cfg = tiny_config(tiny_corpus, tmp_path / "cache", steps=4, log_every=1, batch_size=8)
     experiment = tmp_path / "tiny_multihost.py"
-    experiment.write_text("import json\nfrom jaxllm.config import config_from_dict\n\n"
-                          f"def config():\n    return config_from_dict(json.loads({cfg.to_json()!r}))\n")
+    experiment.write_text(
+        "import json\nfrom jaxllm.config import config_from_dict\n\n"
+        f"def config():\n    return config_from_dict(json.loads({cfg.to_json()!r}))\n"
+    )
     command = [sys.executable, "-m", "jaxllm.train", f"--experiment={experiment}", *MESH]
 
     # One process, 8 devices; it also prepares the data both later processes then reuse.
-    single = subprocess.run([*command, f"--run_dir={tmp_path / 'one'}"], env=env(8), cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
+    single = subprocess.run(
+        [*command, f"--run_dir={tmp_path / 'one'}"], env=env(8), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert single.returncode == 0, single.stderr[-3000:]
 
     port = _free_port()
-    procs = [subprocess.Popen([*command, f"--run_dir={tmp_path / 'two'}", f"--distributed.coordinator=127.0.0.1:{port}",
-                               "--distributed.num_processes=2", f"--distributed.process_id={i}",
-                               "--distributed.timeout_s=60"],
-                              env=env(4), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                *command,
+                f"--run_dir={tmp_path / 'two'}",
+                f"--distributed.coordinator=127.0.0.1:{port}",
+                "--distributed.num_processes=2",
+                f"--distributed.process_id={i}",
+                "--distributed.timeout_s=60",
+            ],
+            env=env(4),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
@@ -62,19 +78,44 @@ def test_two_processes_match_one(tiny_corpus, tmp_path):
 @pytest.mark.slow
 def test_a_dead_peer_ends_the_other_process_with_an_error(tiny_corpus, tmp_path):
     """Process 1 is killed mid-training; process 0 must stop with an error within the timeout, not hang."""
-    cfg = tiny_config(tiny_corpus, tmp_path / "cache", steps=100_000, log_every=1, batch_size=8, eval_every=100_000,
-                      checkpoint_every=100_000)
+    cfg = tiny_config(
+        tiny_corpus,
+        tmp_path / "cache",
+        steps=100_000,
+        log_every=1,
+        batch_size=8,
+        eval_every=100_000,
+        checkpoint_every=100_000,
+    )
     prepare(cfg, progress=False)  # both processes then reuse it
     experiment = tmp_path / "tiny_dead_peer.py"
-    experiment.write_text("import json\nfrom jaxllm.config import config_from_dict\n\n"
-                          f"def config():\n    return config_from_dict(json.loads({cfg.to_json()!r}))\n")
+    experiment.write_text(
+        "import json\nfrom jaxllm.config import config_from_dict\n\n"
+        f"def config():\n    return config_from_dict(json.loads({cfg.to_json()!r}))\n"
+    )
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "jaxllm.train", f"--experiment={experiment}", *MESH,
-                               f"--run_dir={tmp_path / 'run'}", f"--distributed.coordinator=127.0.0.1:{port}",
-                               "--distributed.num_processes=2", f"--distributed.process_id={i}",
-                               "--distributed.timeout_s=20"],
-                              env=env(4), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jaxllm.train",
+                f"--experiment={experiment}",
+                *MESH,
+                f"--run_dir={tmp_path / 'run'}",
+                f"--distributed.coordinator=127.0.0.1:{port}",
+                "--distributed.num_processes=2",
+                f"--distributed.process_id={i}",
+                "--distributed.timeout_s=20",
+            ],
+            env=env(4),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     try:
         for line in procs[0].stdout:  # wait until both processes are stepping together
             if line.startswith("step 3/"):

@@ -4,16 +4,16 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
 from jaxllm.config import ModelConfig, OptimConfig
-from jaxllm.model import abstract_model
-from jaxllm.optim import decay_mask, make_optimizer, schedule
+from jaxllm.model.transformer import abstract_model
+from jaxllm.train.optim import decay_mask, make_optimizer, schedule
 
-CFG = ModelConfig(family="llama", vocab_size=64, block_size=8, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
-                  tie_embeddings=False)
+CFG = ModelConfig(
+    family="llama", vocab_size=64, block_size=8, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, tie_embeddings=False
+)
 
 
 def _params_and_grads():
@@ -26,8 +26,9 @@ def _params_and_grads():
 
 def test_schedule_warms_up_then_decays_to_the_floor():
     lr = schedule(OptimConfig(lr=1e-2, warmup_steps=10, min_lr_ratio=0.1), 110)
-    np.testing.assert_allclose([float(lr(s)) for s in (0, 5, 10, 60, 110)],
-                               [0.0, 5e-3, 1e-2, 1e-3 + 9e-3 * 0.5, 1e-3], rtol=1e-5)
+    np.testing.assert_allclose(
+        [float(lr(s)) for s in (0, 5, 10, 60, 110)], [0.0, 5e-3, 1e-2, 1e-3 + 9e-3 * 0.5, 1e-3], rtol=1e-5
+    )
 
 
 def test_weight_decay_only_on_block_matrices_and_head():
@@ -43,8 +44,12 @@ def test_muon_orthogonalises_each_layer_matrix(name, n_in):
     on the (input axes, output axes) matrix that model.dense multiplies."""
     params, grads = _params_and_grads()
     lr = 0.05
-    tx = make_optimizer(OptimConfig(name="muon", muon_lr=lr, lr=1e-3, warmup_steps=0, min_lr_ratio=1.0,
-                                    weight_decay=0.0, grad_clip=0.0), total_steps=10)
+    tx = make_optimizer(
+        OptimConfig(
+            name="muon", muon_lr=lr, lr=1e-3, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0, grad_clip=0.0
+        ),
+        total_steps=10,
+    )
     updates, _ = tx.update(grads, tx.init(params), params)
     group = "attn" if name in ("q", "k", "o") else "mlp"
     update = np.asarray(updates["blocks"][group][name])
@@ -62,8 +67,10 @@ def test_muon_orthogonalises_each_layer_matrix(name, n_in):
 def test_muon_leaves_embeddings_norms_and_head_to_adam():
     """AdamW's first step moves every element by the same amount against its gradient's sign."""
     params, grads = _params_and_grads()
-    tx = make_optimizer(OptimConfig(name="muon", lr=1e-2, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0,
-                                    grad_clip=0.0), total_steps=10)
+    tx = make_optimizer(
+        OptimConfig(name="muon", lr=1e-2, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0, grad_clip=0.0),
+        total_steps=10,
+    )
     updates, _ = tx.update(grads, tx.init(params), params)
     for leaf in (("embed",), ("head",), ("norm", "scale"), ("blocks", "norm1", "scale")):
         u, g = updates, grads
@@ -80,8 +87,11 @@ def test_adamw_and_muon_states_differ_in_what_they_keep():
     muon = make_optimizer(OptimConfig(name="muon"), 10).init(params)
     n = lambda state: sum(x.size for x in jax.tree.leaves(state))
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    n_matrices = sum(x.size for k, x in jax.tree_util.tree_leaves_with_path(params["blocks"])
-                     if k[-1].key in ("q", "k", "v", "o", "up", "gate", "down"))
+    n_matrices = sum(
+        x.size
+        for k, x in jax.tree_util.tree_leaves_with_path(params["blocks"])
+        if k[-1].key in ("q", "k", "v", "o", "up", "gate", "down")
+    )
     assert n(adam) == 2 * n_params + 2  # two moments per parameter; step counts of Adam and the schedule
     # one momentum per matrix element, two moments for the rest; four step counts, three Newton-Schulz coefficients
     assert n(muon) == n_matrices + 2 * (n_params - n_matrices) + 4 + 3

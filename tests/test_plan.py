@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from jaxllm import plan, scaling_sweep
+from jaxllm import plan
 from jaxllm.cli import run_main
 from jaxllm.config import apply_overrides, load_experiment
-from jaxllm.scaling import param_count
+from jaxllm.model.accounting import param_count
+from jaxllm.scaling import sweep as scaling_sweep
 
 
 def plan_json(capsys, *argv: str) -> dict:
@@ -48,41 +49,50 @@ def test_experiment_gets_overrides_that_build_the_planned_size(capsys):
         assert cfg.train.steps == row["model"]["steps"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--flops=abc"], "expected a positive number"),
-    (["--flops=-3"], "expected a positive number"),
-    (["--flops=0"], "expected a positive number"),
-    ([], "exactly one budget"),
-    (["--flops=1e21", "--hours=2"], "exactly one budget"),
-    (["--hours=24"], "needs --peak_tflops"),
-    (["--flops=1e21", "--peak_tflops=459", "--tokens_per_s=1e6"], "keep one"),
-    (["--hours=1", "--peak_tflops=459", "--mfu=1.5"], "fraction"),
-    (["--flops=1e10", "--experiment=base"], "smallest base model"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--flops=abc"], "expected a positive number"),
+        (["--flops=-3"], "expected a positive number"),
+        (["--flops=0"], "expected a positive number"),
+        ([], "exactly one budget"),
+        (["--flops=1e21", "--hours=2"], "exactly one budget"),
+        (["--hours=24"], "needs --peak_tflops"),
+        (["--flops=1e21", "--peak_tflops=459", "--tokens_per_s=1e6"], "keep one"),
+        (["--hours=1", "--peak_tflops=459", "--mfu=1.5"], "fraction"),
+        (["--flops=1e10", "--experiment=base"], "smallest base model"),
+    ],
+)
 def test_plan_errors_are_one_line_exit_2(capsys, argv, message):
     assert run_main(plan.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--budgets=1e13,nope"], "expected a positive number"),
-    (["--budgets=1e13,-1e13"], "expected a positive number"),
-    (["--budgets=1e9"], "raise the budget"),
-    (["--budgets=1e13,1e13"], "repeats"),
-    (["--sizes=2"], "at least 3"),
-    (["--span=0.5"], "> 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--budgets=1e13,nope"], "expected a positive number"),
+        (["--budgets=1e13,-1e13"], "expected a positive number"),
+        (["--budgets=1e9"], "raise the budget"),
+        (["--budgets=1e13,1e13"], "repeats"),
+        (["--sizes=2"], "at least 3"),
+        (["--span=0.5"], "> 1"),
+    ],
+)
 def test_sweep_errors_are_one_line_exit_2(capsys, argv, message):
     assert run_main(scaling_sweep.main, ["--dry_run", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("argv, runs", [
-    ([], 20),  # the default: experiments/scaling.py, 4 budgets of 5 sizes
-    (["--experiment=base", "--budgets=1e14,3e14,1e15"], 15),  # the example
-])
+@pytest.mark.parametrize(
+    "argv, runs",
+    [
+        ([], 20),  # the default: experiments/scaling.py, 4 budgets of 5 sizes
+        (["--experiment=base", "--budgets=1e14,3e14,1e15"], 15),  # the example
+    ],
+)
 def test_sweep_grid(capsys, argv, runs):
     assert run_main(scaling_sweep.main, ["--dry_run", *argv]) == 0
     assert f"{runs} runs" in capsys.readouterr().out

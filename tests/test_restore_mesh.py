@@ -18,13 +18,15 @@ def worker(directory: str) -> dict:
     import numpy as np
     import orbax.checkpoint as ocp
 
-    from jaxllm import checkpoint, sharding, step as step_lib
+    from jaxllm import sharding
+    from jaxllm.train import checkpoint
+    from jaxllm.train import step as step_lib
 
     tokens = np.random.default_rng(0).integers(0, VOCAB, (4, BATCH, BLOCK + 1)).astype(np.int32)
 
     def run_steps(shape, state, steps):
         cfg = tiny(shape)
-        mesh = sharding.make_mesh(cfg, jax.devices()[:int(np.prod(shape))])
+        mesh = sharding.make_mesh(cfg, jax.devices()[: int(np.prod(shape))])
         trainer, abstract_state = step_lib.make_trainer(cfg, mesh)
         with jax.set_mesh(mesh):
             state = step_lib.init_state(cfg, trainer) if state is None else state(abstract_state)

@@ -1,19 +1,30 @@
-"""Accounting, planner methods, sizing and fitting in jaxllm.scaling and jaxllm.scaling_fit."""
+"""Accounting, planner methods, sizing and fitting in jaxllm.scaling and jaxllm.scaling.fit."""
 
 import math
 
 import numpy as np
 import pytest
 
-from jaxllm.config import ModelConfig
-from jaxllm.scaling import (BESIROGLU_2024, HOFFMANN_2022, LossLaw, flops_per_token, param_count, rule_of_20,
-                            size_model, smallest_model)
-from jaxllm.scaling_fit import fit_loss_law, isoflop_minimum, power_law
+from jaxllm.config import Config, ModelConfig, TrainConfig
+from jaxllm.model.accounting import flops_per_token, param_count
+from jaxllm.model.transformer import count_params
+from jaxllm.scaling.fit import fit_loss_law, isoflop_minimum, power_law
+from jaxllm.scaling.laws import BESIROGLU_2024, HOFFMANN_2022, LossLaw, rule_of_20, size_model, smallest_model
+from jaxllm.scaling.sweep import sweep
 
 SHAPES = [
     ModelConfig(family="gpt2", n_layer=2, n_head=4, n_embd=64, vocab_size=512, block_size=32),
-    ModelConfig(family="gpt2", n_layer=3, n_head=4, n_kv_head=2, n_embd=96, vocab_size=300, block_size=16,
-                tie_embeddings=False, mlp_hidden=100),
+    ModelConfig(
+        family="gpt2",
+        n_layer=3,
+        n_head=4,
+        n_kv_head=2,
+        n_embd=96,
+        vocab_size=300,
+        block_size=16,
+        tie_embeddings=False,
+        mlp_hidden=100,
+    ),
     ModelConfig(family="llama", n_layer=2, n_head=4, n_embd=64, vocab_size=512),
     ModelConfig(family="llama", n_layer=3, n_head=6, n_kv_head=2, n_embd=96, vocab_size=320, tie_embeddings=False),
 ]
@@ -21,7 +32,6 @@ SHAPES = [
 
 @pytest.mark.parametrize("cfg", SHAPES, ids=lambda c: f"{c.family}-kv{c.kv_heads}-tied{c.tie_embeddings}")
 def test_param_count_equals_built_model(cfg):
-    from jaxllm.model import count_params  # abstract (eval_shape) model: nothing is allocated
 
     assert param_count(cfg).total == count_params(cfg)
 
@@ -41,9 +51,17 @@ def test_flops_per_token_is_6n_plus_attention():
 
 
 # Hoffmann et al. 2022, Table 3: (parameters, FLOPs, tokens)
-TABLE_3 = [(400e6, 1.92e19, 8.0e9), (1e9, 1.21e20, 20.2e9), (10e9, 1.23e22, 205.1e9), (67e9, 5.76e23, 1.5e12),
-           (175e9, 3.85e24, 3.7e12), (280e9, 9.90e24, 5.9e12), (520e9, 3.43e25, 11.0e12), (1e12, 1.27e26, 21.2e12),
-           (10e12, 1.30e28, 216.2e12)]
+TABLE_3 = [
+    (400e6, 1.92e19, 8.0e9),
+    (1e9, 1.21e20, 20.2e9),
+    (10e9, 1.23e22, 205.1e9),
+    (67e9, 5.76e23, 1.5e12),
+    (175e9, 3.85e24, 3.7e12),
+    (280e9, 9.90e24, 5.9e12),
+    (520e9, 3.43e25, 11.0e12),
+    (1e12, 1.27e26, 21.2e12),
+    (10e12, 1.30e28, 216.2e12),
+]
 
 
 @pytest.mark.parametrize("n_params, flops, n_tokens", TABLE_3)
@@ -118,19 +136,22 @@ def test_loss_law_fit_recovers_known_parameters_through_noise():
 
 
 def test_sweep_fits_plots_and_reuses_finished_runs(tmp_path):
-    from jaxllm.config import Config, TrainConfig
-    from jaxllm.scaling_sweep import sweep
 
     calls = []
 
     def fake_train(cfg, run_dir, progress):  # final loss exactly on the Epoch AI law
         calls.append(cfg)
         tokens = cfg.train.steps * cfg.train.batch_size * cfg.model.block_size
-        return {"val_loss": BESIROGLU_2024.loss(param_count(cfg.model).total, tokens), "val_bpb": 1.0,
-                "tokens_per_s": 1e4}
+        return {
+            "val_loss": BESIROGLU_2024.loss(param_count(cfg.model).total, tokens),
+            "val_bpb": 1.0,
+            "tokens_per_s": 1e4,
+        }
 
-    cfg = Config(model=ModelConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64),
-                 train=TrainConfig(batch_size=4))
+    cfg = Config(
+        model=ModelConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64),
+        train=TrainConfig(batch_size=4),
+    )
     summary = sweep(cfg, [2e12, 2e13, 2e14], 5, 4.0, tmp_path, fake_train)
     assert len(calls) == len(summary["runs"]) >= 9
     assert all(run.train.eval_every == run.train.steps for run in calls)

@@ -7,14 +7,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxllm import checkpoint
 from jaxllm.config import ConfigError, ModelConfig, PosttrainConfig, replace
-from jaxllm.model import Transformer
-from jaxllm.posttrain.stage import start_config, step_indices
-from jaxllm.step import mean_loss as eager_mean_loss
+from jaxllm.model.transformer import Transformer
+from jaxllm.posttrain.common import start_config, step_indices
+from jaxllm.train import checkpoint, command
+from jaxllm.train.step import mean_loss as eager_mean_loss
+from tests.conftest import tiny_config
 
 mean_loss = jax.jit(eager_mean_loss, static_argnums=1)  # op by op, the tiny model takes seconds a call
-TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16)
+TINY = ModelConfig(
+    vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16, kernels="reference", compute_dtype="float32"
+)
 
 
 def tiny_params():
@@ -54,14 +57,19 @@ def test_step_indices_are_epochs_and_pure():
 
 
 def test_stage_must_match_the_command(tiny_corpus, tmp_path):
-    from tests.conftest import tiny_config
+    with pytest.raises(ConfigError, match="run it with python -m jaxllm.sft"):
+        command.main(["--experiment=base_sft", f"--run_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="run it with python -m jaxllm.train"):
+        command.main(["--experiment=base", f"--run_dir={tmp_path / 'run'}"], "sft", lambda cfg: (cfg, None))
     cfg = tiny_config(tiny_corpus, tmp_path)
-    with pytest.raises(ConfigError, match="train it with python -m jaxllm.train"):
-        start_config(cfg, "sft")
-    sft = replace(cfg, train=replace(cfg.train, init_from=str(tmp_path / "none")), posttrain=PosttrainConfig(
-        stage="sft", seq_len=16))
+    sft = replace(
+        cfg,
+        train=replace(cfg.train, init_from=str(tmp_path / "none")),
+        posttrain=PosttrainConfig(stage="sft", seq_len=16),
+    )
     with pytest.raises(ConfigError, match="holds no checkpoint"):
-        start_config(sft, "sft")
+        start_config(sft)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -10,8 +10,14 @@ def test_a_single_file_is_split_by_position_into_90_and_10_percent(tmp_path):
     text = "".join(f"LINE {i}: to be or not to be\n" for i in range(500))
     (tmp_path / "play.txt").write_text(text)
     cfg = load_experiment("shakespeare_char")
-    cfg = validate(dataclasses.replace(cfg, data=dataclasses.replace(
-        cfg.data, sources=(f"file:{tmp_path / 'play.txt'}",), cache_dir=str(tmp_path / "cache"))))
+    cfg = validate(
+        dataclasses.replace(
+            cfg,
+            data=dataclasses.replace(
+                cfg.data, sources=(f"file:{tmp_path / 'play.txt'}",), cache_dir=str(tmp_path / "cache")
+            ),
+        )
+    )
     prepared = prepare(cfg, progress=False)
     decode = prepared.tokenizer.decode
     cut = int(len(text) * 0.9)

@@ -27,9 +27,22 @@ STEPS = 3
 
 
 def tiny(shape=(1, 1, 1)) -> Config:
-    return Config(model=ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=4, n_embd=WIDTH),
-                  optim=OptimConfig(warmup_steps=0), mesh=MeshConfig(*shape),
-                  train=TrainConfig(steps=10, batch_size=BATCH))
+    # the reference kernels: a sharded mesh runs the portable path (what auto picks for several devices)
+    model = ModelConfig(
+        vocab_size=VOCAB,
+        block_size=BLOCK,
+        n_layer=2,
+        n_head=4,
+        n_embd=WIDTH,
+        kernels="reference",
+        compute_dtype="float32",
+    )
+    return Config(
+        model=model,
+        optim=OptimConfig(warmup_steps=0),
+        mesh=MeshConfig(*shape),
+        train=TrainConfig(steps=10, batch_size=BATCH),
+    )
 
 
 # The intended layout of every gpt2 parameter (stacked layers lead with an unsharded 'layers' axis): Megatron
@@ -37,9 +50,12 @@ def tiny(shape=(1, 1, 1)) -> Config:
 EXPECTED_SPECS = {
     "embed": ("tensor", "fsdp"),
     "pos_embed": (None, "fsdp"),
-    "norm/scale": ("fsdp",), "norm/bias": ("fsdp",),
-    "blocks/norm1/scale": (None, "fsdp"), "blocks/norm1/bias": (None, "fsdp"),
-    "blocks/norm2/scale": (None, "fsdp"), "blocks/norm2/bias": (None, "fsdp"),
+    "norm/scale": ("fsdp",),
+    "norm/bias": ("fsdp",),
+    "blocks/norm1/scale": (None, "fsdp"),
+    "blocks/norm1/bias": (None, "fsdp"),
+    "blocks/norm2/scale": (None, "fsdp"),
+    "blocks/norm2/bias": (None, "fsdp"),
     "blocks/attn/q": (None, "fsdp", "tensor", None),
     "blocks/attn/k": (None, "fsdp", "tensor", None),
     "blocks/attn/v": (None, "fsdp", "tensor", None),
@@ -69,10 +85,12 @@ def hlo_collectives(hlo: str) -> list[dict]:
         match = pattern.search(line)
         if not match:
             continue
-        shapes = [(dtype, tuple(int(d) for d in dims.split(",") if d))
-                  for dtype, dims in re.findall(r"([a-z]+\d*)\[([\d,]*)\]", match.group(1))]
+        shapes = [
+            (dtype, tuple(int(d) for d in dims.split(",") if d))
+            for dtype, dims in re.findall(r"([a-z]+\d*)\[([\d,]*)\]", match.group(1))
+        ]
         op_name = (re.search(r'op_name="([^"]*)"', line) or re.search("()", "")).group(1)
-        where = ("outside" if "while/body" not in op_name else "bwd" if "transpose(jvp" in op_name else "fwd")
+        where = "outside" if "while/body" not in op_name else "bwd" if "transpose(jvp" in op_name else "fwd"
         found.append({"op": match.group(2), "shapes": shapes, "where": where})
     return found
 
@@ -81,37 +99,51 @@ def worker_layouts() -> dict:
     import jax
     import numpy as np
 
-    from jaxllm import sharding, step as step_lib
+    from jaxllm import sharding
+    from jaxllm.train import step as step_lib
 
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, VOCAB, (STEPS, BATCH, BLOCK + 1)).astype(np.int32)
 
     def train(cfg, shape, collectives: bool) -> dict:
-        mesh = sharding.make_mesh(cfg, jax.devices()[:int(np.prod(shape))])
+        mesh = sharding.make_mesh(cfg, jax.devices()[: int(np.prod(shape))])
         trainer, abstract_state = step_lib.make_trainer(cfg, mesh)
         with jax.set_mesh(mesh):
             state = step_lib.init_state(cfg, trainer)
-            specs = {jax.tree_util.keystr(path, simple=True, separator="/"): (list(x.sharding.spec), x.shape,
-                                                                             x.addressable_shards[0].data.shape)
-                     for path, x in jax.tree_util.tree_leaves_with_path(state["params"])}
+            specs = {
+                jax.tree_util.keystr(path, simple=True, separator="/"): (
+                    list(x.sharding.spec),
+                    x.shape,
+                    x.addressable_shards[0].data.shape,
+                )
+                for path, x in jax.tree_util.tree_leaves_with_path(state["params"])
+            }
             moment_specs = list({tuple(x.sharding.spec) for x in jax.tree.leaves(state["opt_state"]) if x.ndim})
-            batch_shapes = {k: jax.ShapeDtypeStruct((BATCH, BLOCK), np.int32, sharding=sharding.batch_sharding(mesh))
-                            for k in ("inputs", "targets")}
+            batch_shapes = {
+                k: jax.ShapeDtypeStruct((BATCH, BLOCK), np.int32, sharding=sharding.batch_sharding(mesh))
+                for k in ("inputs", "targets")
+            }
             compiled = trainer.jit_train_step().lower(abstract_state, batch_shapes).compile()
             losses = []
             for s in range(STEPS):
                 batch = sharding.global_batch({"inputs": tokens[s, :, :-1], "targets": tokens[s, :, 1:]}, mesh, BATCH)
                 state, metrics = compiled(state, batch)
                 losses.append(float(metrics["loss"]))
-        return {"losses": losses, "specs": specs, "moment_specs": moment_specs,
-                "collectives": hlo_collectives(compiled.as_text()) if collectives else None}
+        return {
+            "losses": losses,
+            "specs": specs,
+            "moment_specs": moment_specs,
+            "collectives": hlo_collectives(compiled.as_text()) if collectives else None,
+        }
 
-    results = {str(shape): train(tiny(shape), shape, shape in (TENSOR_ONLY, FSDP_ONLY))
-               for shape in [(1, 1, 1)] + LAYOUTS}
+    results = {
+        str(shape): train(tiny(shape), shape, shape in (TENSOR_ONLY, FSDP_ONLY)) for shape in [(1, 1, 1)] + LAYOUTS
+    }
     for shape in [(1, 1, 1), MUON_LAYOUT]:  # Muon orthogonalises whole matrices: sharded, XLA gathers them
         cfg = tiny(shape)
-        results["muon" + str(shape)] = train(dataclasses.replace(cfg, optim=dataclasses.replace(
-            cfg.optim, name="muon")), shape, False)
+        results["muon" + str(shape)] = train(
+            dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, name="muon")), shape, False
+        )
     return results
 
 
@@ -189,8 +221,11 @@ def test_fsdp_collectives_are_zero3(layouts):
     again what it needs and reduce-scatters every gradient (XLA:CPU writes a reduce-scatter as an all-reduce
     followed by a slice; TPU and GPU fuse it); no activation is reduced or gathered inside the layers."""
     collectives = layouts[_key(FSDP_ONLY)]["collectives"]
-    layer_specs = {name: (spec, dims[1:]) for name, (spec, dims, _) in layouts[_key(FSDP_ONLY)]["specs"].items()
-                   if name.startswith("blocks/")}
+    layer_specs = {
+        name: (spec, dims[1:])
+        for name, (spec, dims, _) in layouts[_key(FSDP_ONLY)]["specs"].items()
+        if name.startswith("blocks/")
+    }
     # Parameters are compared by element count: the model multiplies them flattened to 2-D (jaxllm.model.dense),
     # so XLA may gather a (E,H,Dh) weight as (E,H*Dh), or hold a gradient transposed.
     sharded = sorted(math.prod(dims) for spec, dims in layer_specs.values() if "fsdp" in spec)
@@ -200,13 +235,18 @@ def test_fsdp_collectives_are_zero3(layouts):
     assert set(gathered) <= set(sharded)
     # Every gradient of the layer is reduced over the batch shards once, the replicated ones (biases split only
     # over tensor) included.
-    reduced = sorted(math.prod(dims) for c in bwd if c["op"] in ("all-reduce", "reduce-scatter")
-                     for _, dims in c["shapes"])
+    reduced = sorted(
+        math.prod(dims) for c in bwd if c["op"] in ("all-reduce", "reduce-scatter") for _, dims in c["shapes"]
+    )
     assert reduced == sorted(math.prod(dims) for _, dims in layer_specs.values()), reduced
     # Outside the layers: the embedding tables, final norm and head move as parameters (ZeRO-3 gathers the tables
     # before the lookup); no float activation of (B,T) rows moves.
-    float_activations = [c for c in collectives if c["op"] != "all-to-all" and any(
-        dtype == "f32" and dims[:2] in ((BATCH, BLOCK), (BATCH // 8, BLOCK)) for dtype, dims in c["shapes"])]
+    float_activations = [
+        c
+        for c in collectives
+        if c["op"] != "all-to-all"
+        and any(dtype == "f32" and dims[:2] in ((BATCH, BLOCK), (BATCH // 8, BLOCK)) for dtype, dims in c["shapes"])
+    ]
     assert not float_activations, float_activations
     assert not [c for c in collectives if c["op"] == "all-to-all" and c["where"] != "outside"]
 
@@ -217,6 +257,7 @@ def test_fsdp_collectives_are_zero3(layouts):
 
 def _mesh_error(shape, devices=8, **model) -> str:
     from jaxllm import sharding
+
     cfg = tiny(shape)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model))
     with pytest.raises(ConfigError) as err:
@@ -248,7 +289,8 @@ def test_error_kv_heads_not_divisible():
 
 def test_error_mlp_width_not_divisible():
     assert "MLP width (model.mlp_hidden)=102 is not divisible by mesh.tensor=4" in _mesh_error(
-        (2, 1, 4), mlp_hidden=102)
+        (2, 1, 4), mlp_hidden=102
+    )
 
 
 def test_error_vocab_not_divisible():

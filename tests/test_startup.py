@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from jaxllm import machine
+
 PRINT_TUNABLES = "import jaxllm, os; print(os.environ.get('GLIBC_TUNABLES'))"
 AS_MODULE = "import sys; sys.argv[0] = '-m'; " + PRINT_TUNABLES  # what `python -m` shows while importing the package
 
@@ -36,7 +38,7 @@ def test_commands_restart_with_huge_pages_keeping_the_users_tunables():
 def test_commands_keep_compiled_programs_in_a_folder_per_cpu_unless_told_where(tmp_path):
     as_module = AS_MODULE.replace("os.environ.get('GLIBC_TUNABLES')", "os.environ.get('JAX_COMPILATION_CACHE_DIR')")
     folder = pathlib.Path(seen(as_module, JAX_COMPILATION_CACHE_DIR=None, XDG_CACHE_HOME=str(tmp_path)))
-    assert folder.parent == tmp_path / "jaxllm" and folder.name.startswith(f"xla-{platform.machine()}-")
+    assert folder == tmp_path / "jaxllm" / machine.tag() / "xla" and machine.tag().startswith(platform.machine())
     assert seen(as_module, JAX_COMPILATION_CACHE_DIR="/somewhere/else") == "/somewhere/else"
 
 

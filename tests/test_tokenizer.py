@@ -1,6 +1,7 @@
 import pytest
 
 from jaxllm import tokenizer as tok
+from jaxllm.config import ConfigError
 from jaxllm.data.sources import SourceStats, stdlib_documents
 
 
@@ -24,13 +25,18 @@ def test_bpe_round_trips_every_stdlib_file(bpe, stdlib_docs):
 
 
 def test_whitespace_unicode_and_unseen_bytes_round_trip(bpe):
-    text = "def f():\n\tif x:\n        return '\u00e9\u4e2d\U0001F600'\r\n\n\n  trailing  \x00\x7f"
+    text = "def f():\n\tif x:\n        return '\u00e9\u4e2d\U0001f600'\r\n\n\n  trailing  \x00\x7f"
     assert bpe.decode(bpe.encode(text)) == text
 
 
 def test_special_tokens_have_fixed_ids_and_are_never_produced_from_text(bpe):
-    assert [bpe.sp.id_to_piece(i) for i in range(len(tok.SPECIALS))] == ["<pad>", "<unk>", "<s>", "</s>",
-                                                                        *tok.CHAT_TOKENS]
+    assert [bpe.sp.id_to_piece(i) for i in range(len(tok.SPECIALS))] == [
+        "<pad>",
+        "<unk>",
+        "<s>",
+        "</s>",
+        *tok.CHAT_TOKENS,
+    ]
     ids = bpe.encode("<|user|> hi <|end|> <s></s>")
     assert all(i >= len(tok.SPECIALS) for i in ids)
     assert bpe.special_id("<|assistant|>") == 6
@@ -53,6 +59,5 @@ def test_char_tokenizer_round_trip(tmp_path):
 
 
 def test_vocab_too_large_for_corpus_is_a_config_error(tmp_path):
-    from jaxllm.config import ConfigError
     with pytest.raises(ConfigError, match="model.vocab_size=50000 is larger than this corpus supports"):
         tok.train_bpe(iter(["tiny corpus", "of two lines"]), 50000, tmp_path / "tokenizer.model")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxllm.config import ConfigError, replace
-from jaxllm.train import run
+from jaxllm.train.loop import run
 from tests.conftest import tiny_config
 
 
@@ -94,10 +94,22 @@ def test_train_command_line(tiny_corpus, tmp_path):
     """The real command with overrides, as a user runs it."""
     exp = tmp_path / "tiny.py"
     cfg = tiny_config(tiny_corpus, tmp_path / "cache", steps=4)
-    exp.write_text("from jaxllm.config import *\nfrom jaxllm.data.pipeline_config import *\n"
-                   f"def config():\n    return {cfg!r}\n")
-    proc = subprocess.run([sys.executable, "-m", "jaxllm.train", f"--experiment={exp}", "--train.steps=6",
-                           f"--run_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
+    exp.write_text(
+        f"from jaxllm.config import *\nfrom jaxllm.config.clean import *\ndef config():\n    return {cfg!r}\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxllm.train",
+            f"--experiment={exp}",
+            "--train.steps=6",
+            f"--run_dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert "step 6/6" in out and "tok/s" in out and "MFU" in out and "ETA" in out

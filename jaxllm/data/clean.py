@@ -11,11 +11,11 @@ import dataclasses
 import re
 import unicodedata
 
+from jaxllm.config.clean import CleanConfig, NormalizeConfig
 from jaxllm.data import filters_prose
 from jaxllm.data.dedup import MinHasher, exact_key
 from jaxllm.data.filters_code import code_profile
 from jaxllm.data.pii import scrub
-from jaxllm.data.pipeline_config import CleanConfig, NormalizeConfig
 from jaxllm.data.report import Report
 from jaxllm.data.sources import Document
 
@@ -54,10 +54,18 @@ class Cleaner:
         # or None, new text)), in the order of report.STAGES.
         self.stages = (
             ("normalize", None, True, self._normalize),
-            ("gopher_repetition", "prose", c.repetition.enabled,
-             lambda t, r: (filters_prose.gopher_repetition(t, c.repetition), t)),
-            ("gopher_quality", "prose", c.quality.enabled,
-             lambda t, r: (filters_prose.gopher_quality(t, c.quality), t)),
+            (
+                "gopher_repetition",
+                "prose",
+                c.repetition.enabled,
+                lambda t, r: (filters_prose.gopher_repetition(t, c.repetition), t),
+            ),
+            (
+                "gopher_quality",
+                "prose",
+                c.quality.enabled,
+                lambda t, r: (filters_prose.gopher_quality(t, c.quality), t),
+            ),
             ("c4", "prose", c.c4.enabled, lambda t, r: filters_prose.c4(t, c.c4)),
             ("fineweb", "prose", c.fineweb.enabled, lambda t, r: (filters_prose.fineweb(t, c.fineweb), t)),
             ("code", "code", c.code.enabled, lambda t, r: (code_profile(t, c.code), t)),
@@ -88,8 +96,12 @@ class Cleaner:
             new_size = size if new_text == text else _n_bytes(new_text)
             report.passed(stage, size, new_size)
             text, size = new_text, new_size
-        return Cleaned(dataclasses.replace(doc, text=text), size, exact_key(text),
-                       self.minhasher.band_keys(text) if self.minhasher else ())
+        return Cleaned(
+            dataclasses.replace(doc, text=text),
+            size,
+            exact_key(text),
+            self.minhasher.band_keys(text) if self.minhasher else (),
+        )
 
     def clean_chunk(self, docs: list[Document]) -> tuple[list[Cleaned], Report]:
         report = Report(self.cfg.examples)

@@ -17,7 +17,7 @@ import zlib
 import numpy as np
 
 from jaxllm.config import ConfigError
-from jaxllm.data.pipeline_config import DedupConfig
+from jaxllm.config.clean import DedupConfig
 
 SHINGLE_WORD_RE = re.compile(r"\w+")
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant (golden ratio) to combine word hashes into n-gram hashes
@@ -35,8 +35,10 @@ class MinHasher:
 
     def __init__(self, cfg: DedupConfig):
         if cfg.bands * cfg.rows != cfg.num_perm:
-            raise ConfigError(f"data.clean.dedup: bands={cfg.bands} x rows={cfg.rows} must equal num_perm={cfg.num_perm}: "
-                              "change one of them")
+            raise ConfigError(
+                f"data.clean.dedup: bands={cfg.bands} x rows={cfg.rows} must equal num_perm={cfg.num_perm}: "
+                "change one of them"
+            )
         rng = np.random.default_rng(cfg.seed)
         self.a = rng.integers(0, 2**64 - 1, size=cfg.num_perm, dtype=np.uint64, endpoint=True) | np.uint64(1)
         self.b = rng.integers(0, 2**64 - 1, size=cfg.num_perm, dtype=np.uint64, endpoint=True)
@@ -52,7 +54,7 @@ class MinHasher:
         n = min(self.cfg.ngram, len(words))
         combined = np.zeros(len(words) - n + 1, np.uint64)
         for k in range(n):
-            combined = combined * _MIX + hashes[k:len(words) - n + 1 + k]
+            combined = combined * _MIX + hashes[k : len(words) - n + 1 + k]
         return np.unique((combined ^ (combined >> np.uint64(32))) & np.uint64(0xFFFFFFFF))
 
     def signature(self, text: str) -> np.ndarray | None:
@@ -62,7 +64,7 @@ class MinHasher:
             return None
         mins = np.full(self.cfg.num_perm, np.iinfo(np.uint64).max, np.uint64)
         for start in range(0, len(shingles), _BLOCK):
-            block = shingles[start:start + _BLOCK, None]
+            block = shingles[start : start + _BLOCK, None]
             np.minimum(mins, ((block * self.a + self.b) >> np.uint64(32)).min(axis=0), out=mins)
         return mins.astype(np.uint32)
 
@@ -72,8 +74,12 @@ class MinHasher:
         if signature is None:
             return ()
         rows = signature.reshape(self.cfg.bands, self.cfg.rows)
-        return tuple(int.from_bytes(hashlib.blake2b(band.to_bytes(2, "little") + rows[band].tobytes(), digest_size=8).digest(),
-                                    "little") for band in range(self.cfg.bands))
+        return tuple(
+            int.from_bytes(
+                hashlib.blake2b(band.to_bytes(2, "little") + rows[band].tobytes(), digest_size=8).digest(), "little"
+            )
+            for band in range(self.cfg.bands)
+        )
 
 
 class FirstSeen:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from jaxllm.data.pipeline_config import C4Config, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig
+from jaxllm.config.clean import C4Config, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig
 
 # datatrove splits words with NLTK's tokenizer, which makes punctuation runs separate tokens; this regex does the
 # same without the dependency (words keep inner apostrophes and hyphens: "don't", "well-known").
@@ -21,8 +21,14 @@ LINE_SPLIT_RE = re.compile(r"\n+")  # blank lines are not lines (else they would
 SENTENCE_END_RE = re.compile(r"[.!?]+(?=\s|$)")
 CITATION_RE = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 C4_END_PUNCTUATION = (".", "?", "!", '"', "'")
-C4_POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
-                        "use cookies")
+C4_POLICY_SUBSTRINGS = (
+    "terms of use",
+    "privacy policy",
+    "cookie policy",
+    "uses cookies",
+    "use of cookies",
+    "use cookies",
+)
 FINEWEB_STOP_CHARS = (".", "'", '"', "!", "?")
 
 
@@ -44,7 +50,7 @@ def find_duplicates(items: list[str]) -> tuple[int, int]:
 
 
 def _ngrams(words: list[str], n: int) -> list[str]:
-    return [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 def _top_ngram_chars(ngrams: list[str]) -> int:
@@ -165,7 +171,10 @@ def fineweb(text: str, cfg: FineWebConfig) -> str | None:
         return "line_punct_ratio"
     if sum(len(line) <= cfg.short_line_length for line in lines) / len(lines) > cfg.short_line_thr:
         return "short_line_ratio"
-    if cfg.char_duplicates_ratio and find_duplicates(lines)[1] / len(text.replace("\n", "")) > cfg.char_duplicates_ratio:
+    if (
+        cfg.char_duplicates_ratio
+        and find_duplicates(lines)[1] / len(text.replace("\n", "")) > cfg.char_duplicates_ratio
+    ):
         return "char_dup_ratio"
     if cfg.new_line_ratio and text.count("\n") / max(len(split_words(text)), 1) > cfg.new_line_ratio:
         return "list_ratio"

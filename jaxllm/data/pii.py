@@ -10,11 +10,10 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from jaxllm.data.pipeline_config import PIIConfig
+from jaxllm.config.clean import PIIConfig
 
 # Each pattern consumes its first character before looking behind it ("not inside a longer token"): a pattern that
-# starts with a character class lets the regex engine skip ahead in C (measured on the stdlib: IPv4 0.90 s -> 0.25 s,
-# e-mail 0.80 s -> 0.57 s).
+# starts with a character class lets the regex engine skip ahead in C.
 EMAIL_RE = re.compile(r"[A-Za-z0-9](?<![\w.+-].)[A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}(?![\w-])")
 # Addresses at the reserved example domains (RFC 2606) are placeholders already.
 EXAMPLE_DOMAIN_RE = re.compile(r"@(?:[\w-]+\.)*example\.(?:com|org|net)$", re.IGNORECASE)
@@ -30,7 +29,8 @@ PHONE_RE = re.compile(
     r"(?:\+\d{1,3}[ .-]?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}"  # +country code: any separators
     r"|\(\d{2,4}\)[ .-]?\d{3,4}[ .-]\d{3,4}"  # (area code)
     r"|\d{2,4}(?P<sep>[.-])\d{3,4}(?P=sep)\d{3,4})"  # bare: one repeated separator
-    r"(?![\w]|[ .-]\d)")
+    r"(?![\w]|[ .-]\d)"
+)
 
 
 def _is_public_ip(candidate: str) -> bool:
@@ -52,6 +52,7 @@ def scrub(text: str, cfg: PIIConfig) -> tuple[str, dict[str, int]]:
                 return match.group()
             counts[kind] += 1
             return placeholder
+
         return substitute
 
     if cfg.emails and "@" in text:
@@ -60,6 +61,7 @@ def scrub(text: str, cfg: PIIConfig) -> tuple[str, dict[str, int]]:
         for pattern in (IPV4_RE, IPV6_RE):
             text = pattern.sub(replace("ip", cfg.ip_placeholder, lambda s: not _is_public_ip(s)), text)
     if cfg.phones:
-        text = PHONE_RE.sub(replace("phone", cfg.phone_placeholder,
-                                    lambda s: not 10 <= sum(c.isdigit() for c in s) <= 15), text)
+        text = PHONE_RE.sub(
+            replace("phone", cfg.phone_placeholder, lambda s: not 10 <= sum(c.isdigit() for c in s) <= 15), text
+        )
     return text, counts

@@ -15,9 +15,9 @@ import sys
 import time
 from typing import Iterable, Iterator
 
+from jaxllm.config.clean import CleanConfig
 from jaxllm.data.clean import Cleaned, Cleaner
 from jaxllm.data.dedup import FirstSeen
-from jaxllm.data.pipeline_config import CleanConfig
 from jaxllm.data.report import Report
 from jaxllm.data.sources import Document, SourceStats
 
@@ -66,8 +66,9 @@ def _cleaned_chunks(docs: Iterable[Document], cfg: CleanConfig, workers: int) ->
             yield pending.popleft().get()
 
 
-def iter_clean(docs: Iterable[Document], cfg: CleanConfig, workers: int, report: Report,
-               progress: bool = True) -> Iterator[Document]:
+def iter_clean(
+    docs: Iterable[Document], cfg: CleanConfig, workers: int, report: Report, progress: bool = True
+) -> Iterator[Document]:
     """Cleaned, deduplicated documents in input order; `report` is complete once the iterator is exhausted."""
     report.workers = max(workers, 1)
     exact, near = FirstSeen(), FirstSeen()
@@ -76,8 +77,10 @@ def iter_clean(docs: Iterable[Document], cfg: CleanConfig, workers: int, report:
         report.merge(chunk_report)
         for c in cleaned:
             # exact first: an exact copy is reported as such, not as a near duplicate
-            for stage, index, keys in (("exact_dedup", exact, (c.exact_key,) if cfg.dedup.exact else ()),
-                                       ("near_dedup", near, c.band_keys)):
+            for stage, index, keys in (
+                ("exact_dedup", exact, (c.exact_key,) if cfg.dedup.exact else ()),
+                ("near_dedup", near, c.band_keys),
+            ):
                 earlier = index.check_and_add(c.doc.id, keys)
                 if earlier is not None:
                     report.removed(stage, "duplicate", c.doc.id, c.doc.text, c.n_bytes, f" (of {earlier})")
@@ -89,13 +92,22 @@ def iter_clean(docs: Iterable[Document], cfg: CleanConfig, workers: int, report:
         if progress and now - last_print >= PROGRESS_EVERY_S:
             last_print = now
             seen = report.stages["normalize"].docs_in
-            print(f"[data] cleaning: {seen:,} documents, {seen / (now - start):,.0f} docs/s, "
-                  f"{report.stages['near_dedup'].docs_out:,} kept", file=sys.stderr, flush=True)
+            print(
+                f"[data] cleaning: {seen:,} documents, {seen / (now - start):,.0f} docs/s, "
+                f"{report.stages['near_dedup'].docs_out:,} kept",
+                file=sys.stderr,
+                flush=True,
+            )
     report.seconds = time.perf_counter() - start
 
 
-def clean_corpus(docs: Iterable[Document], cfg: CleanConfig, workers: int, progress: bool = True,
-                 source_stats: SourceStats | None = None) -> tuple[list[Document], Report]:
+def clean_corpus(
+    docs: Iterable[Document],
+    cfg: CleanConfig,
+    workers: int,
+    progress: bool = True,
+    source_stats: SourceStats | None = None,
+) -> tuple[list[Document], Report]:
     """All cleaned documents and the finished report (pass the sources' stats to have them in the report).
 
     With cfg.enabled false the documents come back unchanged and the report counts nothing.
@@ -103,6 +115,9 @@ def clean_corpus(docs: Iterable[Document], cfg: CleanConfig, workers: int, progr
     report = Report(cfg.examples)
     kept = list(iter_clean(docs, cfg, workers, report, progress)) if cfg.enabled else list(docs)
     if source_stats is not None:
-        report.sources = {"files_read": source_stats.files_read, "files_skipped": source_stats.files_skipped,
-                          "skipped_examples": list(source_stats.skipped_examples)}
+        report.sources = {
+            "files_read": source_stats.files_read,
+            "files_skipped": source_stats.files_skipped,
+            "skipped_examples": list(source_stats.skipped_examples),
+        }
     return kept, report

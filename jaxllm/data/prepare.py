@@ -1,9 +1,10 @@
-"""Preparation: sources -> clean and dedup (report.json, report.png) -> train/val split -> tokenizer -> token shards, cached by content.
+"""Preparation: sources -> clean and dedup (report.json, report.png) -> train/val split -> tokenizer -> token
+shards, cached by content.
 
 The prepared directory is `data.cache_dir/<key>`, where the key hashes every setting that shapes the result, a
 fingerprint of the inputs (sizes and modification times) and the preparing code itself, so changed inputs,
-settings or code prepare anew and unchanged ones are reused. Everything is written into a temporary directory renamed into place at the end: an
-interrupted preparation leaves nothing a later run would trust.
+settings or code prepare anew and unchanged ones are reused. Everything is written into a temporary directory
+renamed into place at the end: an interrupted preparation leaves nothing a later run would trust.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from jaxllm import tokenizer as tok
 from jaxllm.config import Config, ConfigError
 from jaxllm.data import shards
 from jaxllm.data.pipeline import clean_corpus
-from jaxllm.data.sources import Document, SourceStats, input_paths, iter_documents, stdlib_root
-
+from jaxllm.data.sources import Document, SourceStats, check_sources, input_paths, iter_documents, stdlib_root
 
 
 @functools.cache
@@ -84,8 +84,12 @@ def _input_fingerprint(sources: tuple[str, ...]) -> list:
 
 
 def cache_key(cfg: Config) -> str:
-    settings = {"code": code_version(), "data": dataclasses.asdict(cfg.data) | {"cache_dir": None},
-                "vocab_size": cfg.model.vocab_size, "inputs": _input_fingerprint(cfg.data.sources)}
+    settings = {
+        "code": code_version(),
+        "data": dataclasses.asdict(cfg.data) | {"cache_dir": None},
+        "vocab_size": cfg.model.vocab_size,
+        "inputs": _input_fingerprint(cfg.data.sources),
+    }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -96,24 +100,40 @@ def _say(progress: bool, message: str) -> None:
 
 def _collect(cfg: Config, out: pathlib.Path, progress: bool) -> tuple[list[Document], list[Document], dict]:
     stats = SourceStats()
-    docs, report = clean_corpus(iter_documents(cfg.data.sources, stats), cfg.data.clean, os.cpu_count() or 1,
-                                progress, source_stats=stats)
+    docs, report = clean_corpus(
+        iter_documents(cfg.data.sources, stats), cfg.data.clean, os.cpu_count() or 1, progress, source_stats=stats
+    )
     report.write(out)
     if progress:
         report.print_table()
     train, val, records = [], [], []
     for doc, held_out in _split(docs, cfg.data.val_fraction):
         (val if held_out else train).append(doc)
-        records.append({"id": doc.id, "sha256": _sha(doc.text), "bytes": len(doc.text.encode("utf-8")),
-                        "split": "val" if held_out else "train"})
+        records.append(
+            {
+                "id": doc.id,
+                "sha256": _sha(doc.text),
+                "bytes": len(doc.text.encode("utf-8")),
+                "split": "val" if held_out else "train",
+            }
+        )
     if not train or not val:
-        raise ConfigError(f"data sources {list(cfg.data.sources)} gave {len(train)} training and {len(val)} held-out "
-                          f"documents; both splits need at least one (add documents or change data.val_fraction)")
-    summary = {"files_read": stats.files_read, "files_skipped": stats.files_skipped,
-               "skipped_examples": stats.skipped_examples, "cleaning_report": "report.json",
-               "documents": records}
-    _say(progress, f"{stats.files_read} files read, {stats.files_skipped} skipped (undecodable or unreadable), "
-                   f"cleaning kept {len(docs)} documents: {len(train)} train / {len(val)} held-out")
+        raise ConfigError(
+            f"data sources {list(cfg.data.sources)} gave {len(train)} training and {len(val)} held-out "
+            f"documents; both splits need at least one (add documents or change data.val_fraction)"
+        )
+    summary = {
+        "files_read": stats.files_read,
+        "files_skipped": stats.files_skipped,
+        "skipped_examples": stats.skipped_examples,
+        "cleaning_report": "report.json",
+        "documents": records,
+    }
+    _say(
+        progress,
+        f"{stats.files_read} files read, {stats.files_skipped} skipped (undecodable or unreadable), "
+        f"cleaning kept {len(docs)} documents: {len(train)} train / {len(val)} held-out",
+    )
     return train, val, summary
 
 
@@ -137,29 +157,42 @@ def _build(cfg: Config, tmp: pathlib.Path, progress: bool) -> dict:
     if cfg.data.tokenizer == "char":
         tokenizer = tok.train_char((d.text for d in train + val), tmp / "tokenizer.json")
         if tokenizer.vocab_size > cfg.model.vocab_size:
-            raise ConfigError(f"the corpus has {tokenizer.vocab_size} distinct characters and specials but "
-                              f"model.vocab_size={cfg.model.vocab_size}; set --model.vocab_size={tokenizer.vocab_size}")
+            raise ConfigError(
+                f"the corpus has {tokenizer.vocab_size} distinct characters and specials but "
+                f"model.vocab_size={cfg.model.vocab_size}; set --model.vocab_size={tokenizer.vocab_size}"
+            )
     else:
-        tokenizer = tok.train_bpe(_tokenizer_lines(train, cfg.data.tokenizer_train_bytes), cfg.model.vocab_size,
-                                  tmp / "tokenizer.model")
+        tokenizer = tok.train_bpe(
+            _tokenizer_lines(train, cfg.data.tokenizer_train_bytes), cfg.model.vocab_size, tmp / "tokenizer.model"
+        )
     t2 = time.perf_counter()
     _say(progress, f"tokenizer ({cfg.data.tokenizer}, {tokenizer.vocab_size} tokens) trained in {t2 - t1:.1f}s")
     splits = {}
     for name, docs in (("train", train), ("val", val)):
+
         def encoded(docs=docs):
             for i in range(0, len(docs), 256):
-                yield from tokenizer.encode_batch([d.text for d in docs[i:i + 256]])
+                yield from tokenizer.encode_batch([d.text for d in docs[i : i + 256]])
+
         n_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
         splits[name] = shards.write_split(tmp, name, encoded(), n_bytes, tokenizer.vocab_size)
     t3 = time.perf_counter()
     for name, index in splits.items():
-        _say(progress, f"{name}: {index['documents']} documents, {index['tokens']:,} tokens, {index['bytes']:,} bytes "
-                       f"({index['bytes'] / index['tokens']:.2f} bytes/token)")
-    return {"code_version": code_version(), "data": dataclasses.asdict(cfg.data),
-            "vocab_size": tokenizer.vocab_size, "tokenizer_file": tokenizer.path.name,
-            "tokenizer_sha256": hashlib.sha256(tokenizer.path.read_bytes()).hexdigest(),
-            "splits": splits, "sources": summary,
-            "seconds": {"read": t1 - t0, "tokenizer": t2 - t1, "encode": t3 - t2}}
+        _say(
+            progress,
+            f"{name}: {index['documents']} documents, {index['tokens']:,} tokens, {index['bytes']:,} bytes "
+            f"({index['bytes'] / index['tokens']:.2f} bytes/token)",
+        )
+    return {
+        "code_version": code_version(),
+        "data": dataclasses.asdict(cfg.data),
+        "vocab_size": tokenizer.vocab_size,
+        "tokenizer_file": tokenizer.path.name,
+        "tokenizer_sha256": hashlib.sha256(tokenizer.path.read_bytes()).hexdigest(),
+        "splits": splits,
+        "sources": summary,
+        "seconds": {"read": t1 - t0, "tokenizer": t2 - t1, "encode": t3 - t2},
+    }
 
 
 def load_prepared(directory: pathlib.Path) -> Prepared:
@@ -172,10 +205,10 @@ def load_prepared(directory: pathlib.Path) -> Prepared:
 
 def prepare(cfg: Config, progress: bool = True) -> Prepared:
     """The prepared data for this config: reused when present and complete, built otherwise."""
+    check_sources(cfg.data.sources)
     root = pathlib.Path(cfg.data.cache_dir)
     final = root / cache_key(cfg)
     if (final / "manifest.json").is_file():
-        _say(progress, f"reusing prepared data in {final}")
         return load_prepared(final)
     _say(progress, f"preparing {list(cfg.data.sources)} into {final}")
     root.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,17 @@ import sys
 
 # Pipeline order. Prose documents go through the four prose stages and code documents through `code`; each
 # stage counts every document, passing through unchanged those it does not apply to, so the stages chain.
-STAGES = ("normalize", "gopher_repetition", "gopher_quality", "c4", "fineweb", "code", "pii", "exact_dedup",
-          "near_dedup")
+STAGES = (
+    "normalize",
+    "gopher_repetition",
+    "gopher_quality",
+    "c4",
+    "fineweb",
+    "code",
+    "pii",
+    "exact_dedup",
+    "near_dedup",
+)
 EXAMPLE_CHARS = 160
 
 
@@ -74,7 +83,7 @@ class Report:
             mine = self.rules.setdefault(rule, RuleCounts())
             mine.docs += counts.docs
             mine.bytes += counts.bytes
-            mine.examples += counts.examples[:self.max_examples - len(mine.examples)]
+            mine.examples += counts.examples[: self.max_examples - len(mine.examples)]
         for kind, n in other.pii.items():
             self.pii[kind] += n
 
@@ -97,21 +106,29 @@ class Report:
         file = file or sys.stdout
         print(f"{'stage':<18}{'docs in':>10}{'docs out':>10}{'MB in':>10}{'MB out':>10}", file=file)
         for name, c in self.stages.items():
-            print(f"{name:<18}{c.docs_in:>10,}{c.docs_out:>10,}{c.bytes_in / 1e6:>10.2f}{c.bytes_out / 1e6:>10.2f}",
-                  file=file)
+            print(
+                f"{name:<18}{c.docs_in:>10,}{c.docs_out:>10,}{c.bytes_in / 1e6:>10.2f}{c.bytes_out / 1e6:>10.2f}",
+                file=file,
+            )
         if self.rules:
             print(f"\n{'removed by':<34}{'docs':>8}{'MB':>8}  first example", file=file)
             for name, c in self._sorted_rules():
                 example = c.examples[0] if c.examples else ""
                 print(f"{name:<34}{c.docs:>8,}{c.bytes / 1e6:>8.2f}  {example[:70]}", file=file)
-        print(f"\nPII replaced: {self.pii['email']:,} e-mail addresses, {self.pii['ip']:,} IP addresses, "
-              f"{self.pii['phone']:,} phone numbers", file=file)
+        print(
+            f"\nPII replaced: {self.pii['email']:,} e-mail addresses, {self.pii['ip']:,} IP addresses, "
+            f"{self.pii['phone']:,} phone numbers",
+            file=file,
+        )
         if self.sources:
-            print(f"sources: {self.sources['files_read']:,} files read, {self.sources['files_skipped']:,} skipped",
-                  file=file)
+            print(
+                f"sources: {self.sources['files_read']:,} files read, {self.sources['files_skipped']:,} skipped",
+                file=file,
+            )
         rate = self.to_dict()["docs_per_second"]
-        print(f"{self.seconds:.1f}s with {self.workers} worker(s)" + (f", {rate:,.0f} docs/s" if rate else ""),
-              file=file)
+        print(
+            f"{self.seconds:.1f}s with {self.workers} worker(s)" + (f", {rate:,.0f} docs/s" if rate else ""), file=file
+        )
 
     def write(self, directory: str | os.PathLike) -> None:
         """report.json and report.png in directory, each written to a temporary name and renamed when complete."""
@@ -125,9 +142,10 @@ class Report:
         os.replace(tmp, directory / "report.png")
 
     def _draw(self, path: pathlib.Path) -> None:
-        import matplotlib  # imported here: workers and the cheap commands never draw
+        import matplotlib  # noqa: PLC0415 (workers and the cheap commands never draw: not at import)
+
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415 (as above)
 
         rules = self._sorted_rules()
         fig, (ax_stages, ax_rules) = plt.subplots(1, 2, figsize=(13, max(4, 0.3 * len(rules) + 1.5)))

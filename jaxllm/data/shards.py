@@ -20,8 +20,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
 
 
-def write_split(directory: pathlib.Path, split: str, docs_tokens: Iterable[list[int]], n_bytes: int,
-                vocab_size: int) -> dict:
+def write_split(
+    directory: pathlib.Path, split: str, docs_tokens: Iterable[list[int]], n_bytes: int, vocab_size: int
+) -> dict:
     """Writes <split>.bin, <split>.offsets.npy and <split>.json; returns the index. Callers write into a
     temporary directory and rename it when every split is done, so a reader never sees a partial shard."""
     dtype = token_dtype(vocab_size)

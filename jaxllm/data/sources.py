@@ -35,8 +35,27 @@ from typing import Iterator
 
 from jaxllm.config import ConfigError
 
-CODE_SUFFIXES = frozenset({".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs", ".go", ".java", ".js", ".ts",
-                           ".sh", ".toml", ".yaml", ".yml", ".json"})
+CODE_SUFFIXES = frozenset(
+    {
+        ".py",
+        ".pyi",
+        ".c",
+        ".h",
+        ".cc",
+        ".cpp",
+        ".hpp",
+        ".rs",
+        ".go",
+        ".java",
+        ".js",
+        ".ts",
+        ".sh",
+        ".toml",
+        ".yaml",
+        ".yml",
+        ".json",
+    }
+)
 TEXT_SUFFIXES = CODE_SUFFIXES | {".txt", ".md", ".rst", ".tex", ".html", ".org", ""}
 
 
@@ -90,10 +109,16 @@ def _walk(root: pathlib.Path, suffixes) -> list[pathlib.Path]:
     """Files under root with one of the suffixes, sorted; hidden folders and caches are not entered."""
     paths = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")
-                       and d not in ("site-packages", "dist-packages", "__pycache__", "node_modules")]
-        paths += [pathlib.Path(dirpath) / f for f in filenames
-                  if not f.startswith(".") and pathlib.Path(f).suffix.lower() in suffixes]
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not d.startswith(".") and d not in ("site-packages", "dist-packages", "__pycache__", "node_modules")
+        ]
+        paths += [
+            pathlib.Path(dirpath) / f
+            for f in filenames
+            if not f.startswith(".") and pathlib.Path(f).suffix.lower() in suffixes
+        ]
     return sorted(paths)
 
 
@@ -139,7 +164,7 @@ def stdlib_prose_documents(stats: SourceStats, root: pathlib.Path | None = None)
         if prose:
             yield Document(id=doc.id.replace("stdlib/", "stdlib-prose/", 1), text=prose, origin="stdlib-prose")
     try:
-        from pydoc_data.topics import topics
+        from pydoc_data.topics import topics  # noqa: PLC0415 (some distributions strip the help topics)
     except ImportError:  # some distributions strip the help topics
         return
     for name in sorted(topics):
@@ -168,11 +193,11 @@ def dir_documents(path_str: str, stats: SourceStats) -> Iterator[Document]:
 
 
 def _glob(kind: str, pattern: str) -> list[pathlib.Path]:
-    paths = sorted(pathlib.Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True)
-                   if os.path.isfile(p))
+    paths = sorted(pathlib.Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
     if not paths:
-        raise ConfigError(f"data source {kind}:{pattern}: no file matches; check the pattern (relative to "
-                          f"{os.getcwd()})")
+        raise ConfigError(
+            f"data source {kind}:{pattern}: no file matches; check the pattern (relative to {os.getcwd()})"
+        )
     return paths
 
 
@@ -184,9 +209,11 @@ def _open_lines(path: pathlib.Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path), encoding="utf-8")
     if path.suffix == ".zst":
-        import zstandard  # optional: only Zstandard-compressed inputs need it
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True),
-                                encoding="utf-8")
+        import zstandard  # noqa: PLC0415 (optional: only Zstandard-compressed inputs need it)
+
+        return io.TextIOWrapper(
+            zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True), encoding="utf-8"
+        )
     return open(path, encoding="utf-8")
 
 
@@ -209,15 +236,19 @@ def jsonl_documents(pattern: str, field: str, stats: SourceStats) -> Iterator[Do
                     except (ValueError, KeyError, TypeError) as e:
                         stats.skip_record(f"{path.name}:{lineno}", f"{type(e).__name__}: {e}"[:120])
                         continue
-                    yield Document(id=f"jsonl/{path.name}/{lineno}", text=text, origin=f"jsonl:{pattern}",
-                                   kind=_record_kind(record))
+                    yield Document(
+                        id=f"jsonl/{path.name}/{lineno}",
+                        text=text,
+                        origin=f"jsonl:{pattern}",
+                        kind=_record_kind(record),
+                    )
         except Exception as e:  # gzip, zstandard and the OS each raise their own types for a corrupt file
             stats.skip(str(path), f"{type(e).__name__} after {lineno} lines: {e}"[:160])
 
 
 def parquet_documents(pattern: str, column: str, stats: SourceStats) -> Iterator[Document]:
     """One document a row, read a batch of rows at a time; ids are the file name and row number."""
-    import pyarrow.parquet as pq  # imported here: only Parquet inputs need it
+    import pyarrow.parquet as pq  # noqa: PLC0415 (only Parquet inputs need it)
 
     for path in _glob("parquet", pattern):
         row = 0
@@ -234,8 +265,12 @@ def parquet_documents(pattern: str, column: str, stats: SourceStats) -> Iterator
                     if not isinstance(record[column], str):
                         stats.skip_record(f"{path.name}:{row}", f"column {column!r} is not a string")
                         continue
-                    yield Document(id=f"parquet/{path.name}/{row}", text=record[column],
-                                   origin=f"parquet:{pattern}", kind=_record_kind(record))
+                    yield Document(
+                        id=f"parquet/{path.name}/{row}",
+                        text=record[column],
+                        origin=f"parquet:{pattern}",
+                        kind=_record_kind(record),
+                    )
         except Exception as e:  # pyarrow raises its own types (ArrowInvalid, ArrowIOError) for a corrupt file
             stats.skip(str(path), f"{type(e).__name__} after {row} rows: {e}"[:160])
 
@@ -243,7 +278,7 @@ def parquet_documents(pattern: str, column: str, stats: SourceStats) -> Iterator
 def tfds_documents(spec: str, stats: SourceStats) -> Iterator[Document]:
     """All splits (sorted by name) of a prepared TFDS dataset, records in index order; ids are the dataset name and
     the record's 'id' feature when it has one (as tfds_builder writes), else split and index."""
-    import tensorflow_datasets as tfds  # imported here: it takes a second, and only TFDS inputs need it
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (slow to import, and only TFDS inputs need it)
 
     name, _, data_dir = spec.partition("@")
     try:
@@ -251,13 +286,17 @@ def tfds_documents(spec: str, stats: SourceStats) -> Iterator[Document]:
         splits = sorted(builder.info.splits)
         features = builder.info.features
     except Exception as e:  # tfds raises a zoo of types (DatasetNotFoundError, FileNotFoundError, ...)
-        raise ConfigError(f"data source tfds:{spec}: cannot open it ({type(e).__name__}: {str(e)[:200]}); prepare "
-                          f"it first (see jaxllm.data.tfds_builder) or give its folder as tfds:NAME@DATA_DIR") from e
+        raise ConfigError(
+            f"data source tfds:{spec}: cannot open it ({type(e).__name__}: {str(e)[:200]}); prepare "
+            f"it first (see jaxllm.data.tfds_builder) or give its folder as tfds:NAME@DATA_DIR"
+        ) from e
     text_features = [k for k, v in features.items() if isinstance(v, tfds.features.Text)]
     field = "text" if "text" in text_features else (text_features[0] if len(text_features) == 1 else None)
     if field is None:
-        raise ConfigError(f"data source tfds:{spec}: no feature named 'text' and {len(text_features)} text features "
-                          f"({', '.join(text_features)}); rename the text feature to 'text'")
+        raise ConfigError(
+            f"data source tfds:{spec}: no feature named 'text' and {len(text_features)} text features "
+            f"({', '.join(text_features)}); rename the text feature to 'text'"
+        )
     for split in splits:
         source = builder.as_data_source(split=split)
         stats.files_read += 1
@@ -271,8 +310,9 @@ def tfds_documents(spec: str, stats: SourceStats) -> Iterator[Document]:
                 continue
             record_id = record.get("id")
             record_id = record_id.decode("utf-8") if isinstance(record_id, bytes) else f"{split}/{index}"
-            yield Document(id=f"tfds/{builder.name}/{record_id}", text=text, origin=f"tfds:{spec}",
-                           kind=_record_kind(record))
+            yield Document(
+                id=f"tfds/{builder.name}/{record_id}", text=text, origin=f"tfds:{spec}", kind=_record_kind(record)
+            )
 
 
 def _two_parts(kind: str, arg: str, what: str) -> tuple[str, str]:
@@ -303,11 +343,29 @@ def iter_documents(sources: tuple[str, ...], stats: SourceStats) -> Iterator[Doc
         produced += 1
         yield doc
     if not produced and (stats.files_skipped or stats.records_skipped):
-        raise ConfigError(f"data sources {list(sources)}: every input failed ({stats.files_skipped} files and "
-                          f"{stats.records_skipped} records skipped), e.g. {'; '.join(stats.skipped_examples)}")
+        raise ConfigError(
+            f"data sources {list(sources)}: every input failed ({stats.files_skipped} files and "
+            f"{stats.records_skipped} records skipped), e.g. {'; '.join(stats.skipped_examples)}"
+        )
+
+
+def check_sources(sources: tuple[str, ...]) -> None:
+    """Refuses a source of no known form (ConfigError), before anything is read, printed or written."""
+    for source in sources:
+        kind, _, arg = source.partition(":")
+        if source in ("stdlib", "stdlib-prose") or (kind in ("file", "dir", "tfds") and arg):
+            continue
+        if kind in ("jsonl", "parquet") and arg:
+            _two_parts(kind, arg, "FIELD" if kind == "jsonl" else "COLUMN")
+            continue
+        raise ConfigError(
+            f"unknown data source {source!r}: use stdlib, stdlib-prose, file:PATH, dir:PATH, "
+            f"jsonl:GLOB:FIELD, parquet:GLOB:COLUMN or tfds:NAME[/CONFIG][:VERSION][@DATA_DIR]"
+        )
 
 
 def _documents_of(sources: tuple[str, ...], stats: SourceStats) -> Iterator[Document]:
+    check_sources(sources)
     for source in sources:
         kind, _, arg = source.partition(":")
         if source == "stdlib":
@@ -322,8 +380,5 @@ def _documents_of(sources: tuple[str, ...], stats: SourceStats) -> Iterator[Docu
             yield from jsonl_documents(*_two_parts(kind, arg, "FIELD"), stats)
         elif kind == "parquet" and arg:
             yield from parquet_documents(*_two_parts(kind, arg, "COLUMN"), stats)
-        elif kind == "tfds" and arg:
+        else:  # tfds, the only form left (check_sources)
             yield from tfds_documents(arg, stats)
-        else:
-            raise ConfigError(f"unknown data source {source!r}: use stdlib, stdlib-prose, file:PATH, dir:PATH, "
-                              f"jsonl:GLOB:FIELD, parquet:GLOB:COLUMN or tfds:NAME[/CONFIG][:VERSION][@DATA_DIR]")

@@ -62,8 +62,7 @@ def first_sentence(docstring: str) -> str:
 
 def _module_name(rel: str) -> str | None:
     parts = rel[:-3].split("/")
-    if any(p in SKIPPED_PACKAGES or p.startswith("test_") or (p.startswith("_") and p != "__init__")
-           for p in parts):
+    if any(p in SKIPPED_PACKAGES or p.startswith("test_") or (p.startswith("_") and p != "__init__") for p in parts):
         return None
     return ".".join(p for p in parts if p != "__init__")
 
@@ -72,15 +71,20 @@ def _python_files(root: pathlib.Path) -> list[pathlib.Path]:
     """The stdlib's .py files, sorted, without entering skipped packages (the tests alone are half the stdlib)."""
     paths = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in SKIPPED_PACKAGES and not d.startswith((".", "_"))
-                       and d not in ("site-packages", "dist-packages")]
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if d not in SKIPPED_PACKAGES
+            and not d.startswith((".", "_"))
+            and d not in ("site-packages", "dist-packages")
+        ]
         paths += [pathlib.Path(dirpath) / f for f in filenames if f.endswith(".py")]
     return sorted(paths)
 
 
 def _source_without_docstring(source_lines: list[str], fn: ast.FunctionDef) -> str:
     doc = fn.body[0]
-    lines = source_lines[fn.lineno - 1:doc.lineno - 1] + source_lines[doc.end_lineno:fn.end_lineno]
+    lines = source_lines[fn.lineno - 1 : doc.lineno - 1] + source_lines[doc.end_lineno : fn.end_lineno]
     return textwrap.dedent("\n".join(lines)).strip()
 
 
@@ -118,8 +122,7 @@ def stdlib_functions(val_fraction: float) -> tuple[FunctionDoc, ...]:
             if not 15 <= len(summary) <= 100:
                 continue
             source = _source_without_docstring(lines, fn) if len(fn.body) > 1 else ""
-            out.append(FunctionDoc(module, name, summary, source if len(source) <= MAX_SOURCE_CHARS else "",
-                                   heldout))
+            out.append(FunctionDoc(module, name, summary, source if len(source) <= MAX_SOURCE_CHARS else "", heldout))
     return tuple(out)
 
 
@@ -144,14 +147,17 @@ def _rng(*key: str) -> random.Random:
 
 
 def stdlib_conversations(functions) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": fn.summary}]}
-            for fn in functions for p in _prompts(fn)]
+    return [
+        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": fn.summary}]}
+        for fn in functions
+        for p in _prompts(fn)
+    ]
 
 
 def _splice(right: str, other: str) -> str:
     """The right sentence's first half, then the other's second half: fluent, on topic, and wrong."""
     a, b = right.split(), other.split()
-    return " ".join(a[:len(a) // 2] + b[len(b) // 2:])
+    return " ".join(a[: len(a) // 2] + b[len(b) // 2 :])
 
 
 def stdlib_preferences(functions) -> list[dict]:
@@ -209,15 +215,24 @@ def check_preference(record) -> None:
 
 def check_choice(record) -> None:
     choices = record.get("choices") if isinstance(record, dict) else None
-    if not (isinstance(record, dict) and isinstance(record.get("question"), str) and isinstance(choices, list)
-            and len(choices) >= 2 and all(isinstance(c, str) for c in choices)
-            and isinstance(record.get("answer"), int) and 0 <= record["answer"] < len(choices)):
+    if not (
+        isinstance(record, dict)
+        and isinstance(record.get("question"), str)
+        and isinstance(choices, list)
+        and len(choices) >= 2
+        and all(isinstance(c, str) for c in choices)
+        and isinstance(record.get("answer"), int)
+        and 0 <= record["answer"] < len(choices)
+    ):
         raise ValueError('expected {"question": "...", "choices": ["...", ...], "answer": index into choices}')
 
 
 CHECKS = {"conversations": check_conversation, "preferences": check_preference, "choices": check_choice}
-STDLIB_BUILDERS = {"conversations": stdlib_conversations, "preferences": stdlib_preferences,
-                   "choices": stdlib_multiple_choice}
+STDLIB_BUILDERS = {
+    "conversations": stdlib_conversations,
+    "preferences": stdlib_preferences,
+    "choices": stdlib_multiple_choice,
+}
 
 
 def read_jsonl(pattern: str, kind: str) -> list[tuple[str, dict]]:
@@ -257,8 +272,10 @@ def load(sources: tuple[str, ...], kind: str, val_fraction: float) -> tuple[list
 def check_split(train: list, heldout: list, what: str) -> None:
     """Training needs both splits: batches from one, held-out evaluation on the other."""
     if not train or not heldout:
-        raise ConfigError(f"{what} gives {len(train)} train and {len(heldout)} held-out records: both must be "
-                          "non-empty; add data or change posttrain.val_fraction")
+        raise ConfigError(
+            f"{what} gives {len(train)} train and {len(heldout)} held-out records: both must be "
+            "non-empty; add data or change posttrain.val_fraction"
+        )
 
 
 def prompt_messages(pair: dict) -> list[dict]:

@@ -33,8 +33,9 @@ def check_messages(messages) -> None:
         raise ValueError(f"messages must be a non-empty list of {{'role', 'content'}} objects, got {messages!r:.80}")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLE_IDS or not isinstance(m.get("content"), str):
-            raise ValueError(f"message {i} is {m!r:.80}: expected {{'role': one of {sorted(ROLE_IDS)}, "
-                             "'content': a string}")
+            raise ValueError(
+                f"message {i} is {m!r:.80}: expected {{'role': one of {sorted(ROLE_IDS)}, 'content': a string}}"
+            )
 
 
 def render(messages: list[dict], encode: Callable[[str], list[int]], add_generation_prompt: bool = False) -> Rendered:

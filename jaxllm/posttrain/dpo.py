@@ -13,51 +13,71 @@ replies as conversations (val_loss per reply token); `jaxllm.evaluate` reports t
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxllm import checkpoint, sharding
+from jaxllm import sharding
 from jaxllm.config import Config, ConfigError
+from jaxllm.model.scoring import sequence_logprobs, token_logprobs
 from jaxllm.posttrain import chat_data
 from jaxllm.posttrain.chat_template import render, training_row
-from jaxllm.posttrain.stage import chat_sample, conversation_rows, fixed_batches, global_rows, starting_tokenizer, \
-    step_indices
-from jaxllm.step import make_trainer, token_losses
-from jaxllm.train import Stage
+from jaxllm.posttrain.common import (
+    chat_sample,
+    conversation_rows,
+    fixed_batches,
+    global_rows,
+    starting_tokenizer,
+    step_indices,
+)
+from jaxllm.train import checkpoint
+from jaxllm.train.stage import Stage
+from jaxllm.train.step import make_trainer
 
 SIDES = ("chosen", "rejected")
 
 
-def token_logprobs(params: dict, graphdef, inputs: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+def masked_logprobs(params: dict, graphdef, inputs: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
     """log p(target) at every masked position, 0 elsewhere: (B,T) float32."""
-    return -token_losses(params, graphdef, {"inputs": inputs, "targets": targets}) * mask
+    return token_logprobs(params, graphdef, inputs, targets) * mask
 
 
-def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array, ref_rejected: jax.Array,
-             beta: float) -> tuple[jax.Array, dict]:
+def dpo_loss(
+    policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array, ref_rejected: jax.Array, beta: float
+) -> tuple[jax.Array, dict]:
     """The DPO loss and its metrics from summed response log-probabilities, each (B,)."""
     chosen_reward = beta * (policy_chosen - ref_chosen)
     rejected_reward = beta * (policy_rejected - ref_rejected)
     margin = chosen_reward - rejected_reward
     loss = -jnp.mean(jax.nn.log_sigmoid(margin))
-    return loss, {"reward_acc": jnp.mean((margin > 0).astype(jnp.float32)), "chosen_reward": jnp.mean(chosen_reward),
-                  "rejected_reward": jnp.mean(rejected_reward), "margin": jnp.mean(margin)}
+    return loss, {
+        "reward_acc": jnp.mean((margin > 0).astype(jnp.float32)),
+        "chosen_reward": jnp.mean(chosen_reward),
+        "rejected_reward": jnp.mean(rejected_reward),
+        "margin": jnp.mean(margin),
+    }
 
 
 def make_loss_fn(beta: float):
     """(params, graphdef, batch) -> (loss, metrics) for the step. The batch holds, per side s in SIDES,
-    s_inputs, s_targets, s_loss_mask and s_ref (the reference's token_logprobs), all (B,T)."""
+    s_inputs, s_targets, s_loss_mask and s_ref (the reference's masked_logprobs), all (B,T)."""
+
     def loss_fn(params, graphdef, batch):
         # one forward pass over both sides: (2B,T)
-        both = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]])
-                for k in ("inputs", "targets", "loss_mask")}
-        summed = jnp.sum(token_logprobs(params, graphdef, both["inputs"], both["targets"], both["loss_mask"]), axis=-1)
+        both = {
+            k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]])
+            for k in ("inputs", "targets", "loss_mask")
+        }
+        summed = jnp.sum(masked_logprobs(params, graphdef, both["inputs"], both["targets"], both["loss_mask"]), axis=-1)
         policy_chosen, policy_rejected = jnp.split(summed, 2)
-        return dpo_loss(policy_chosen, policy_rejected, jnp.sum(batch["chosen_ref"], axis=-1),
-                        jnp.sum(batch["rejected_ref"], axis=-1), beta)
+        return dpo_loss(
+            policy_chosen,
+            policy_rejected,
+            jnp.sum(batch["chosen_ref"], axis=-1),
+            jnp.sum(batch["rejected_ref"], axis=-1),
+            beta,
+        )
+
     return loss_fn
 
 
@@ -68,8 +88,10 @@ def pair_rows(pairs: list[dict], encode, seq_len: int) -> tuple[dict[str, np.nda
     for pair in pairs:
         prompt = chat_data.prompt_messages(pair)
         try:
-            sides = {side: training_row(render(prompt + [{"role": "assistant", "content": pair[side]}], encode),
-                                        seq_len) for side in SIDES}
+            sides = {
+                side: training_row(render(prompt + [{"role": "assistant", "content": pair[side]}], encode), seq_len)
+                for side in SIDES
+            }
         except ValueError:
             continue
         rows.append({f"{side}_{k}": v for side, row in sides.items() for k, v in row.items()})
@@ -78,31 +100,20 @@ def pair_rows(pairs: list[dict], encode, seq_len: int) -> tuple[dict[str, np.nda
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}, len(pairs) - len(rows)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def summed_logprobs(params: dict, graphdef, inputs: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
-    """(B,) log-probability of each row's masked targets: a sequence's score, outside the train step."""
-    return jnp.sum(token_logprobs(params, graphdef, inputs, targets, mask), axis=-1)
-
-
-def sequence_logprobs(graphdef, params, rows: dict[str, np.ndarray], prefix: str = "", batch: int = 16) -> np.ndarray:
-    """(N,) summed log-probabilities of the masked tokens of rows (prefix 'chosen_' etc. selects a pair side), in
-    batches on the params' device: for evaluation, outside the train step."""
-    n = len(rows[f"{prefix}inputs"])
-    out = []
-    for i in range(0, n, batch):
-        part = [rows[f"{prefix}{k}"][i:i + batch] for k in ("inputs", "targets", "loss_mask")]
-        short = batch - len(part[0])  # the last batch is padded to the same shape: one compilation
-        part = [np.concatenate([a, np.zeros((short, *a.shape[1:]), a.dtype)]) for a in part]
-        out.append(np.asarray(summed_logprobs(params, graphdef, *part))[:batch - short])
-    return np.concatenate(out)
-
-
 def preference_metrics(graphdef, policy: dict, reference: dict, rows: dict[str, np.ndarray], beta: float) -> dict:
     """The DPO loss and metrics of a policy against its reference over pair rows (see pair_rows), as floats."""
-    logps = {(who, side): sequence_logprobs(graphdef, params, rows, f"{side}_")
-             for who, params in (("policy", policy), ("reference", reference)) for side in SIDES}
-    loss, metrics = dpo_loss(*(logps[k] for k in (("policy", "chosen"), ("policy", "rejected"),
-                                                  ("reference", "chosen"), ("reference", "rejected"))), beta)
+    logps = {
+        (who, side): sequence_logprobs(graphdef, params, rows, f"{side}_")
+        for who, params in (("policy", policy), ("reference", reference))
+        for side in SIDES
+    }
+    loss, metrics = dpo_loss(
+        *(
+            logps[k]
+            for k in (("policy", "chosen"), ("policy", "rejected"), ("reference", "chosen"), ("reference", "rejected"))
+        ),
+        beta,
+    )
     return {"loss": float(loss), **{k: float(v) for k, v in metrics.items()}, "pairs": len(rows["chosen_inputs"])}
 
 
@@ -114,29 +125,48 @@ def dpo_stage(cfg: Config, mesh, progress: bool) -> Stage:
     train_rows, dropped = pair_rows(train, tokenizer.encode, pt.seq_len)
     heldout_chosen, _ = conversation_rows(
         [{"messages": chat_data.prompt_messages(p) + [{"role": "assistant", "content": p["chosen"]}]} for p in heldout],
-        tokenizer.encode, pt.seq_len)
+        tokenizer.encode,
+        pt.seq_len,
+    )
     n = len(train_rows["chosen_inputs"])
     if progress:
-        print(f"[dpo] {n} train pairs ({dropped} longer than posttrain.seq_len={pt.seq_len} left out), "
-              f"{len(heldout)} held out; policy and frozen reference from {cfg.train.init_from}, beta {pt.beta}")
+        print(
+            f"[dpo] {n} train pairs ({dropped} longer than posttrain.seq_len={pt.seq_len} left out), "
+            f"{len(heldout)} held out; policy and frozen reference from {cfg.train.init_from}, beta {pt.beta}"
+        )
 
     trainer, abstract_state = make_trainer(cfg, mesh)  # for the parameters' structure and shardings only
     reference = checkpoint.restore_latest_params(cfg.train.init_from, cfg.model, abstract_state["params"])
     row = sharding.batch_sharding(mesh)
-    reference_logprobs = jax.jit(token_logprobs, static_argnums=1, out_shardings=row)
+    reference_logprobs = jax.jit(masked_logprobs, static_argnums=1, out_shardings=row)
 
     def train_batch(step):
         b = global_rows(train_rows, step_indices(n, batch, cfg.train.seed, step), mesh)
         for side in SIDES:  # no gradient flows here: the step differentiates only its own params
-            b[f"{side}_ref"] = reference_logprobs(reference, trainer.graphdef, b[f"{side}_inputs"],
-                                                  b[f"{side}_targets"], b[f"{side}_loss_mask"])
+            b[f"{side}_ref"] = reference_logprobs(
+                reference, trainer.graphdef, b[f"{side}_inputs"], b[f"{side}_targets"], b[f"{side}_loss_mask"]
+            )
         return b
 
-    shapes = {f"{side}_{k}": jax.ShapeDtypeStruct((batch, pt.seq_len), dtype, sharding=row) for side in SIDES
-              for k, dtype in (("inputs", jnp.int32), ("targets", jnp.int32), ("loss_mask", jnp.float32),
-                               ("ref", jnp.float32))}
-    question = heldout[0]["prompt"] if heldout and isinstance(heldout[0]["prompt"], str) else \
-        "What does `textwrap.dedent` do?"
-    return Stage(tokenizer, shapes, 2 * batch * pt.seq_len, train_batch,
-                 fixed_batches(heldout_chosen, batch, cfg.train.eval_batches, mesh),
-                 chat_sample(cfg, tokenizer, question), make_loss_fn(pt.beta))
+    shapes = {
+        f"{side}_{k}": jax.ShapeDtypeStruct((batch, pt.seq_len), dtype, sharding=row)
+        for side in SIDES
+        for k, dtype in (
+            ("inputs", jnp.int32),
+            ("targets", jnp.int32),
+            ("loss_mask", jnp.float32),
+            ("ref", jnp.float32),
+        )
+    }
+    question = (
+        heldout[0]["prompt"] if heldout and isinstance(heldout[0]["prompt"], str) else "What does `textwrap.dedent` do?"
+    )
+    return Stage(
+        tokenizer,
+        shapes,
+        2 * batch * pt.seq_len,
+        train_batch,
+        fixed_batches(heldout_chosen, batch, cfg.train.eval_batches, mesh),
+        chat_sample(cfg, tokenizer, question),
+        make_loss_fn(pt.beta),
+    )

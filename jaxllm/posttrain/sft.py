@@ -14,9 +14,15 @@ import jax.numpy as jnp
 from jaxllm import sharding
 from jaxllm.config import Config
 from jaxllm.posttrain import chat_data
-from jaxllm.posttrain.stage import chat_sample, conversation_rows, fixed_batches, global_rows, starting_tokenizer, \
-    step_indices
-from jaxllm.train import Stage
+from jaxllm.posttrain.common import (
+    chat_sample,
+    conversation_rows,
+    fixed_batches,
+    global_rows,
+    starting_tokenizer,
+    step_indices,
+)
+from jaxllm.train.stage import Stage
 
 
 def sft_stage(cfg: Config, mesh, progress: bool) -> Stage:
@@ -27,17 +33,26 @@ def sft_stage(cfg: Config, mesh, progress: bool) -> Stage:
     train_rows, dropped = conversation_rows(train, tokenizer.encode, pt.seq_len)
     heldout_rows, _ = conversation_rows(heldout, tokenizer.encode, pt.seq_len)
     if progress:
-        print(f"[sft] {len(train_rows['inputs'])} train conversations ({dropped} longer than posttrain.seq_len="
-              f"{pt.seq_len} left out), {len(heldout_rows['inputs'])} held out; starting from {cfg.train.init_from}")
+        print(
+            f"[sft] {len(train_rows['inputs'])} train conversations ({dropped} longer than posttrain.seq_len="
+            f"{pt.seq_len} left out), {len(heldout_rows['inputs'])} held out; starting from {cfg.train.init_from}"
+        )
 
     def train_batch(step):
         return global_rows(train_rows, step_indices(len(train_rows["inputs"]), batch, cfg.train.seed, step), mesh)
 
     row = sharding.batch_sharding(mesh)
-    shapes = {"inputs": jax.ShapeDtypeStruct((batch, pt.seq_len), jnp.int32, sharding=row),
-              "targets": jax.ShapeDtypeStruct((batch, pt.seq_len), jnp.int32, sharding=row),
-              "loss_mask": jax.ShapeDtypeStruct((batch, pt.seq_len), jnp.float32, sharding=row)}
+    shapes = {
+        "inputs": jax.ShapeDtypeStruct((batch, pt.seq_len), jnp.int32, sharding=row),
+        "targets": jax.ShapeDtypeStruct((batch, pt.seq_len), jnp.int32, sharding=row),
+        "loss_mask": jax.ShapeDtypeStruct((batch, pt.seq_len), jnp.float32, sharding=row),
+    }
     question = heldout[0]["messages"][0]["content"] if heldout else "What does `textwrap.dedent` do?"
-    return Stage(tokenizer, shapes, batch * pt.seq_len, train_batch,
-                 fixed_batches(heldout_rows, batch, cfg.train.eval_batches, mesh),
-                 chat_sample(cfg, tokenizer, question))
+    return Stage(
+        tokenizer,
+        shapes,
+        batch * pt.seq_len,
+        train_batch,
+        fixed_batches(heldout_rows, batch, cfg.train.eval_batches, mesh),
+        chat_sample(cfg, tokenizer, question),
+    )

@@ -1,10 +1,9 @@
 """What the SFT and DPO stages share: the run they start from, conversations as padded rows, batches as a pure
-function of the step, the chat sample shown at the end, and make_stage (what jaxllm.train.main runs for a
-post-training experiment).
+function of the step, and the chat sample shown at the end.
 
-Both hand a `jaxllm.train.Stage` to `jaxllm.train.run`, so the mesh, the jitted step, checkpoints, resume and
-logging are pretraining's own. The model and data settings (and so the tokenizer) come from the starting run's
-checkpoint (`train.init_from`): an experiment names the run it starts from, not its shape.
+Both hand a `jaxllm.train.stage.Stage` to `jaxllm.train.loop.run`, so the mesh, the jitted step, checkpoints,
+resume and logging are pretraining's own. The model and data settings (and so the tokenizer) come from the
+starting run's checkpoint (`train.init_from`): an experiment names the run it starts from, not its shape.
 """
 
 from __future__ import annotations
@@ -14,34 +13,33 @@ from typing import Callable
 
 import numpy as np
 
-from jaxllm import checkpoint, sharding
+from jaxllm import sharding
 from jaxllm.config import Config, ConfigError, config_from_dict, replace, validate
-from jaxllm.generate import SamplingConfig, complete
+from jaxllm.inference.generate import SamplingConfig, complete
 from jaxllm.posttrain.chat_template import STOP_IDS, render, reply_prompt, training_row
 from jaxllm.tokenizer import Tokenizer
+from jaxllm.train import checkpoint
 
 
 def _starting_meta(cfg: Config) -> dict:
     run_dir = pathlib.Path(cfg.train.init_from)
     if not (run_dir / "checkpoints").is_dir():
-        raise ConfigError(f"train.init_from={run_dir} holds no checkpoint: run the stage before this one first "
-                          "(base: python -m jaxllm.train --experiment=base; SFT: python -m jaxllm.sft "
-                          "--experiment=base_sft) or pass --train.init_from=RUN_DIR")
+        raise ConfigError(
+            f"train.init_from={run_dir} holds no checkpoint: run the stage before this one first "
+            "(base: python -m jaxllm.train --experiment=base; SFT: python -m jaxllm.sft "
+            "--experiment=base_sft) or pass --train.init_from=RUN_DIR"
+        )
     mngr = checkpoint.manager(run_dir, read_only=True)
     meta = checkpoint.read_meta(mngr)
     mngr.close()
     return meta
 
 
-def start_config(cfg: Config, stage: str) -> Config:
-    """cfg with the model and data settings of the run it starts from; refuses an experiment of another stage
-    (stage: the command's, '' for jaxllm.train)."""
-    if cfg.posttrain.stage != stage:
-        command = f"jaxllm.{cfg.posttrain.stage or 'train'}"
-        raise ConfigError(f"experiment {cfg.name!r} has posttrain.stage={cfg.posttrain.stage!r}: train it with "
-                          f"python -m {command}")
+def start_config(cfg: Config) -> Config:
+    """cfg with the model and data settings of the run it starts from (its kernels and dtype as cfg gives them)."""
     saved = config_from_dict(_starting_meta(cfg)["config"])
-    return validate(replace(cfg, model=saved.model, data=saved.data))
+    model = replace(saved.model, kernels=cfg.model.kernels, compute_dtype=cfg.model.compute_dtype)
+    return validate(replace(cfg, model=model, data=saved.data))
 
 
 def starting_tokenizer(cfg: Config) -> Tokenizer:
@@ -78,7 +76,7 @@ def global_rows(rows: dict[str, np.ndarray], indices: np.ndarray, mesh) -> dict:
     """The global batch made of rows[indices]; this process loads only its own block of them."""
     batch = len(indices)
     block, blocks = sharding.batch_block(mesh, batch)
-    mine = indices[block * batch // blocks:(block + 1) * batch // blocks]
+    mine = indices[block * batch // blocks : (block + 1) * batch // blocks]
     return sharding.global_batch({k: v[mine] for k, v in rows.items()}, mesh, batch)
 
 
@@ -92,15 +90,18 @@ def fixed_batches(rows: dict[str, np.ndarray], batch: int, n_batches: int, mesh)
 
 def chat_sample(cfg: Config, tokenizer: Tokenizer, question: str) -> Callable:
     """(graphdef, params) -> 'user: question / assistant: greedy reply', the sample shown at a stage's end."""
+
     def sample(graphdef, params):
-        reply = complete(graphdef, params, cfg.model, tokenizer.encode, tokenizer.decode,
-                         [reply_prompt([{"role": "user", "content": question}], tokenizer.encode)],
-                         SamplingConfig(max_new_tokens=cfg.train.sample_tokens, temperature=0.0), STOP_IDS)[0]
+        reply = complete(
+            graphdef,
+            params,
+            cfg.model,
+            tokenizer.encode,
+            tokenizer.decode,
+            [reply_prompt([{"role": "user", "content": question}], tokenizer.encode)],
+            SamplingConfig(max_new_tokens=cfg.train.sample_tokens, temperature=0.0),
+            STOP_IDS,
+        )[0]
         return f"user: {question}\nassistant: {reply}"
+
     return sample
-
-
-def make_stage(cfg: Config, mesh, progress: bool):
-    """jaxllm.train.run's make_stage for a post-training config: the SFT or the DPO stage."""
-    from jaxllm.posttrain import dpo, sft  # they import this module
-    return {"sft": sft.sft_stage, "dpo": dpo.dpo_stage}[cfg.posttrain.stage](cfg, mesh, progress)

@@ -1,7 +1,7 @@
 """Fitting scaling laws to measured losses: IsoFLOP parabolas, power laws in compute, the parametric L(N, D).
 
 For: turning (N, D, final loss) triples from a sweep into N_opt(C), D_opt(C) and E + A/N^alpha + B/D^beta, the way
-Hoffmann et al. 2022 do (Approaches 2 and 3). Not for: running the sweep (jaxllm.scaling_sweep). numpy only: the
+Hoffmann et al. 2022 do (Approaches 2 and 3). Not for: running the sweep (jaxllm.scaling.sweep). numpy only: the
 5-parameter fit is small enough for a hand-written BFGS, so no scipy dependency.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxllm.scaling import LossLaw
+from jaxllm.scaling.laws import LossLaw
 
 
 def isoflop_minimum(x: np.ndarray, loss: np.ndarray) -> tuple[float, float, np.ndarray]:
@@ -48,8 +48,15 @@ def _objective(theta: np.ndarray, log_n, log_d, log_loss, delta: float) -> tuple
     lse = top + np.log(weights.sum(axis=0))
     weights /= weights.sum(axis=0)
     value, slope = _huber(lse - log_loss, delta)
-    grad = np.array([slope @ weights[0], slope @ weights[1], slope @ weights[2],
-                     -slope @ (weights[0] * log_n), -slope @ (weights[1] * log_d)])
+    grad = np.array(
+        [
+            slope @ weights[0],
+            slope @ weights[1],
+            slope @ weights[2],
+            -slope @ (weights[0] * log_n),
+            -slope @ (weights[1] * log_d),
+        ]
+    )
     return float(value.sum()), grad
 
 
@@ -97,7 +104,9 @@ def fit_loss_law(n_params, n_tokens, loss, delta: float = 1e-3, starts: int = 4)
                 candidates.append((_objective(theta, log_n, log_d, log_loss, delta)[0], tuple(theta)))
     if not candidates:
         raise ValueError("no positive E, A, B fits these losses: they do not fall with both N and D")
-    fits = [_bfgs(lambda t: _objective(t, log_n, log_d, log_loss, delta), np.array(theta))
-            for _, theta in sorted(candidates)[:starts]]
+    fits = [
+        _bfgs(lambda t: _objective(t, log_n, log_d, log_loss, delta), np.array(theta))
+        for _, theta in sorted(candidates)[:starts]
+    ]
     a, b, e, alpha, beta = min(fits, key=lambda fit: fit[1])[0]
     return LossLaw(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha), beta=float(beta))

@@ -23,5 +23,9 @@ def evaluate(eval_step, params, batches: list[dict], token_bytes: jax.Array) -> 
     for batch in batches:
         out = jax.device_get(eval_step(params, batch, token_bytes))
         nats, tokens, n_bytes = nats + float(out["nats"]), tokens + float(out["tokens"]), n_bytes + float(out["bytes"])
-    return {"val_loss": nats / tokens, "val_bpb": bits_per_byte(nats, n_bytes), "val_tokens": tokens,
-            "val_bytes": n_bytes}
+    return {
+        "val_loss": nats / tokens,
+        "val_bpb": bits_per_byte(nats, n_bytes),
+        "val_tokens": tokens,
+        "val_bytes": n_bytes,
+    }

@@ -15,18 +15,19 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from jaxllm import sharding
 from jaxllm.config import Config
-from jaxllm.model import Transformer, abstract_model
-from jaxllm.optim import make_optimizer
+from jaxllm.model.scoring import token_logprobs
+from jaxllm.model.transformer import Transformer, abstract_model
+from jaxllm.train.optim import make_optimizer
 
 
 def token_losses(params: dict, graphdef: nnx.GraphDef, batch: dict) -> jax.Array:
     """Cross-entropy in nats per target token, (B,T) float32."""
-    logits, _ = nnx.merge(graphdef, params)(batch["inputs"])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    return -token_logprobs(params, graphdef, batch["inputs"], batch["targets"])
 
 
 def mean_loss(params: dict, graphdef: nnx.GraphDef, batch: dict) -> tuple[jax.Array, dict]:
@@ -41,6 +42,7 @@ def mean_loss(params: dict, graphdef: nnx.GraphDef, batch: dict) -> tuple[jax.Ar
 @dataclasses.dataclass(frozen=True)
 class Trainer:
     """What the steps close over: the model's graph, the optimizer, and the shardings on this mesh."""
+
     graphdef: nnx.GraphDef
     optimizer: optax.GradientTransformation
     mesh: Mesh
@@ -59,25 +61,36 @@ class Trainer:
         the UTF-8 bytes they stand for (token_bytes: (vocab,) per-token byte lengths), so batches add up exactly."""
         losses = token_losses(params, self.graphdef, batch)
         mask = batch.get("loss_mask", jnp.ones_like(losses))
-        return {"nats": jnp.sum(losses * mask), "tokens": jnp.sum(mask),
-                "bytes": jnp.sum(token_bytes[batch["targets"]] * mask)}
+        return {
+            "nats": jnp.sum(losses * mask),
+            "tokens": jnp.sum(mask),
+            "bytes": jnp.sum(token_bytes[batch["targets"]] * mask),
+        }
 
     def jit_train_step(self):
         batch_sharding = sharding.batch_sharding(self.mesh)
-        return jax.jit(self.train_step, in_shardings=(self.state_shardings, batch_sharding),
-                       out_shardings=(self.state_shardings, sharding.replicated(self.mesh)), donate_argnums=0)
+        return jax.jit(
+            self.train_step,
+            in_shardings=(self.state_shardings, batch_sharding),
+            out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+            donate_argnums=0,
+        )
 
     def jit_eval_step(self):
         batch_sharding = sharding.batch_sharding(self.mesh)
         replicated = sharding.replicated(self.mesh)
-        return jax.jit(self.eval_step, in_shardings=(self.state_shardings["params"], batch_sharding, replicated),
-                       out_shardings=replicated)
+        return jax.jit(
+            self.eval_step,
+            in_shardings=(self.state_shardings["params"], batch_sharding, replicated),
+            out_shardings=replicated,
+        )
 
 
 def _moment_specs(opt_shapes, params_shapes: dict, pspecs: dict):
     """Specs for the optimizer state: a moment stored under a parameter's key path (optax keeps moments in trees
     keyed like the parameters, also inside Muon's partition of them) with its shape takes that parameter's spec;
     counters and coefficients are replicated."""
+
     def param_key(path) -> tuple:
         keys = []
         for entry in reversed(path):  # the trailing run of dict keys is the parameter's path
@@ -93,11 +106,13 @@ def _moment_specs(opt_shapes, params_shapes: dict, pspecs: dict):
     def spec(path, leaf):
         shape, param_spec = by_key.get(param_key(path), (None, P()))
         return param_spec if shape == leaf.shape else P()
+
     return jax.tree_util.tree_map_with_path(spec, opt_shapes)
 
 
 def make_trainer(cfg: Config, mesh: Mesh, loss_fn: Callable = mean_loss) -> tuple[Trainer, dict]:
-    """The trainer and the abstract state (ShapeDtypeStructs carrying their shardings: a restore target)."""
+    """The trainer and the abstract state (ShapeDtypeStructs carrying their shardings: a restore target).
+    cfg.model's kernels and compute dtype must be resolved (jaxllm.kernels.resolve)."""
     graphdef, abstract_params = nnx.split(abstract_model(cfg.model), nnx.Param)
     optimizer = make_optimizer(cfg.optim, cfg.train.steps)
     pspecs = sharding.param_specs(abstract_params)

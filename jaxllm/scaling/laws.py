@@ -1,74 +1,24 @@
-"""Compute accounting and compute-optimal planning: exact parameter counts, training FLOPs, published scaling rules.
+"""Compute-optimal planning: published scaling rules, and the model shape of a family nearest a planned size.
 
 For: turning a FLOP budget into a model size N (parameters) and a token count D by several published methods,
-counting N and FLOPs exactly for a jaxllm ModelConfig, and finding the model shape of a family nearest a planned N.
-Not for: measuring our own scaling law (the sweep, `python -m jaxllm.scaling`, lives in jaxllm.scaling_sweep) or
-fitting one (jaxllm.scaling_fit). Imports no JAX, so the planner runs anywhere in well under a second.
+and finding the model shape of a family nearest a planned N (N and FLOPs are counted by jaxllm.model.accounting).
+Not for: measuring our own scaling law (the sweep, `python -m jaxllm.scaling`, lives in jaxllm.scaling.sweep) or
+fitting one (jaxllm.scaling.fit). Imports no JAX, so the planner runs anywhere in well under a second.
 
 Conventions:
 - N is the total parameter count, embeddings included, as Hoffmann et al. 2022 count it (Kaplan et al. 2020 leave
   embeddings out; Pearce & Song 2024 trace much of the gap between the two papers' exponents to that choice).
-  `ParamCount.embedding` holds the token embedding, learned positions and an untied LM head; the rest is
-  `non_embedding`.
 - C = 6·N·D is the planners' budget identity (Kaplan et al. 2020 section 2.1; Hoffmann et al. 2022 use it too).
-- `flops_per_token` is the exact training cost of one of our models; see its docstring.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass
 
 from jaxllm.config import ConfigError, ModelConfig
-
-
-@dataclass(frozen=True)
-class ParamCount:
-    embedding: int  # token embedding (V·E), learned positions (T·E, gpt2 only), LM head (E·V) when untied
-    non_embedding: int  # transformer blocks and the final norm
-
-    @property
-    def total(self) -> int:
-        return self.embedding + self.non_embedding
-
-
-def param_count(m: ModelConfig) -> ParamCount:
-    """Exactly the parameters jaxllm.model builds for this config (tests/test_scaling.py checks against it)."""
-    e, f, v = m.n_embd, m.hidden, m.vocab_size
-    q_width, kv_width = m.n_head * m.head_dim, m.kv_heads * m.head_dim  # attention widths H·Dh and KV·Dh
-    if m.family == "gpt2":
-        attention = e * (q_width + 2 * kv_width) + (q_width + 2 * kv_width) + q_width * e + e  # qkv, out, biases
-        mlp = e * f + f + f * e + e  # fc and proj with biases
-        per_layer = attention + mlp + 2 * (2 * e)  # two LayerNorms, scale and bias each
-        final_norm, positions = 2 * e, m.block_size * e
-    else:  # llama: no biases, RMSNorm has a scale only, SwiGLU has three matrices
-        per_layer = e * q_width + 2 * e * kv_width + q_width * e + 3 * e * f + 2 * e
-        final_norm, positions = e, 0
-    lm_head = 0 if m.tie_embeddings else e * v
-    return ParamCount(embedding=v * e + positions + lm_head, non_embedding=m.n_layer * per_layer + final_norm)
-
-
-def flops_per_token(m: ModelConfig) -> float:
-    """Training FLOPs per token (forward and backward) of one model at full context, m.block_size tokens.
-
-    Convention: a multiply-add is 2 FLOPs; backward costs twice the forward, so training is 3x forward.
-    - Weights: 6 FLOPs per weight per token for every non-embedding parameter (norm scales and biases are counted
-      as if they were matmul weights: under 1% of the count) plus the LM head's E·V weights, which cost their
-      matmul whether or not they are tied to the embedding. Embedding and position lookups cost nothing.
-    - Attention: scores Q·K^T and the weighted sum of V cost 2·2·T·H·Dh forward per token per layer, so
-      12·L·T·H·Dh for training, over the full T x T score matrix. Not halved for the causal mask: our XLA
-      attention computes the masked half too (the same count as PaLM, Chowdhery et al. 2022, appendix B).
-    """
-    counts = param_count(m)
-    matmul_weights = counts.non_embedding + m.vocab_size * m.n_embd
-    attention = 12 * m.n_layer * m.block_size * m.n_head * m.head_dim
-    return 6.0 * matmul_weights + attention
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Planner methods: budget C (FLOPs) -> parameters N and tokens D with C = 6·N·D
+from jaxllm.model.accounting import param_count
 
 
 @dataclass(frozen=True)
@@ -116,14 +66,20 @@ class Plan:
 def rule_of_20(flops: float) -> Plan:
     """C = 6·N·(20·N) solved for N."""
     n_params = math.sqrt(flops / (6 * CHINCHILLA_TOKENS_PER_PARAM))
-    return Plan("chinchilla-20", "Hoffmann et al. 2022, Approach 1 (20 tokens per parameter)",
-                n_params, CHINCHILLA_TOKENS_PER_PARAM * n_params, None)
+    return Plan(
+        "chinchilla-20",
+        "Hoffmann et al. 2022, Approach 1 (20 tokens per parameter)",
+        n_params,
+        CHINCHILLA_TOKENS_PER_PARAM * n_params,
+        None,
+    )
 
 
 def _parametric(method: str, source: str, law: LossLaw):
     def plan(flops: float) -> Plan:
         n_params, n_tokens = law.optimum(flops)
         return Plan(method, source, n_params, n_tokens, law.loss(n_params, n_tokens))
+
     return plan
 
 
@@ -149,9 +105,13 @@ def _with_shape(m: ModelConfig, n_layer: int, n_head: int) -> ModelConfig:
     group = m.n_head // m.kv_heads
     n_embd = n_head * m.head_dim
     return dataclasses.replace(
-        m, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+        m,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
         n_kv_head=n_head // group if m.n_kv_head else 0,
-        mlp_hidden=round(m.mlp_hidden * n_embd / m.n_embd) if m.mlp_hidden else 0)
+        mlp_hidden=round(m.mlp_hidden * n_embd / m.n_embd) if m.mlp_hidden else 0,
+    )
 
 
 def smallest_model(m: ModelConfig) -> ModelConfig:
@@ -166,8 +126,9 @@ def size_model(m: ModelConfig, n_target: float) -> ModelConfig:
     aspect_ref = m.n_embd / m.n_layer
 
     def cost(shape: ModelConfig) -> float:
-        return (abs(math.log(param_count(shape).total / n_target))
-                + ASPECT_WEIGHT * abs(math.log(shape.n_embd / shape.n_layer / aspect_ref)))
+        return abs(math.log(param_count(shape).total / n_target)) + ASPECT_WEIGHT * abs(
+            math.log(shape.n_embd / shape.n_layer / aspect_ref)
+        )
 
     best = smallest_model(m)
     for n_layer in range(1, MAX_LAYERS + 1):
@@ -208,10 +169,3 @@ def human(x: float) -> str:
         if abs(x) >= scale:
             return f"{x / scale:.3g}{suffix}"
     return f"{x:.3g}"
-
-
-if __name__ == "__main__":  # `python -m jaxllm.scaling` is the sweep; its code lives in jaxllm.scaling_sweep
-    from jaxllm.cli import run_main
-    from jaxllm.scaling_sweep import main
-
-    sys.exit(run_main(main))

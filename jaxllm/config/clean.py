@@ -4,7 +4,7 @@ Every threshold defaults to the published value it comes from, named in the comm
 al. 2021, table A1) and C4 (Raffel et al. 2020) as implemented in datatrove, FineWeb's recipe (Penedo et al. 2024,
 datatrove `examples/fineweb.py`), and CodeParrot/StarCoder for source code. A threshold of 0 disables its rule.
 Fields are plain bool/int/float/str/tuple[str, ...] so that `--data.clean.<section>.<field>=value` can set them.
-This module must not import jaxllm.config (config.py imports it).
+It imports nothing of jaxllm: the config package imports it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class NormalizeConfig:
 @dataclass(frozen=True)
 class GopherQualityConfig:
     """datatrove GopherQualityFilter defaults (Gopher table A1). Applies to prose documents."""
+
     enabled: bool = True
     min_doc_words: int = 50
     max_doc_words: int = 100_000
@@ -37,6 +38,7 @@ class GopherQualityConfig:
 @dataclass(frozen=True)
 class GopherRepetitionConfig:
     """datatrove GopherRepetitionFilter defaults (Gopher table A1). Applies to prose documents."""
+
     enabled: bool = True
     dup_line_frac: float = 0.3
     dup_para_frac: float = 0.3
@@ -57,6 +59,7 @@ class GopherRepetitionConfig:
 class C4Config:
     """datatrove C4QualityFilter defaults, with FineWeb's one change. Line rules drop lines; document rules drop
     the document. Applies to prose documents."""
+
     enabled: bool = True
     filter_no_terminal_punct: bool = False  # FineWeb's setting; C4 and datatrove default to True
     min_words_per_line: int = 3
@@ -72,6 +75,7 @@ class C4Config:
 @dataclass(frozen=True)
 class FineWebConfig:
     """datatrove FineWebQualityFilter defaults (FineWeb section 3.3). Applies to prose documents."""
+
     enabled: bool = True
     line_punct_thr: float = 0.12  # minimum share of lines ending in . ' " ! ?
     short_line_thr: float = 0.67  # maximum share of lines of at most short_line_length characters
@@ -84,6 +88,7 @@ class FineWebConfig:
 class CodeConfig:
     """The code profile (CodeParrot's cleaning, reused by StarCoder). Applies to code documents instead of the
     prose filters, which would drop nearly every source file."""
+
     enabled: bool = True
     max_line_length: int = 1000
     max_mean_line_length: float = 100.0
@@ -95,6 +100,7 @@ class CodeConfig:
 @dataclass(frozen=True)
 class DedupConfig:
     """Exact (normalised content) and MinHash-LSH near dedup, with FineWeb's parameters."""
+
     exact: bool = True
     near: bool = True
     ngram: int = 5  # word n-grams (shingles)
@@ -107,6 +113,7 @@ class DedupConfig:
 @dataclass(frozen=True)
 class PIIConfig:
     """Placeholders as in FineWeb's PII step (which also keeps non-public IP addresses)."""
+
     enabled: bool = True
     emails: bool = True
     ips: bool = True  # public (globally routable) IPv4/IPv6 only: 127.0.0.1 and 10.x stay

@@ -1,7 +1,7 @@
 """`python -m jaxllm.scaling`: an IsoFLOP sweep on this machine, then fits and plots (Hoffmann et al. 2022, Approaches
 2 and 3, at toy scale).
 
-    python -m jaxllm.scaling                                                     # the default sweep, about 20 min
+    python -m jaxllm.scaling                                                     # the default sweep
     python -m jaxllm.scaling --experiment=base --budgets=1e14,3e14,1e15 --sizes=5
     python -m jaxllm.scaling --dry_run                                           # the grid only, nothing trained
 
@@ -17,11 +17,11 @@ OUT/optimal.png. A run whose result is already in OUT is reused, so an interrupt
 Not for: planning a single run (`python -m jaxllm.plan`).
 
 N is the total parameter count, embeddings included (Hoffmann et al.; Kaplan et al. 2020 leave them out), the
-same N as the planners in jaxllm.scaling, so a fitted law can be compared with theirs. At this scale the
+same N as the planners in jaxllm.scaling.laws, so a fitted law can be compared with theirs. At this scale the
 embeddings are a large share of the small models (62% of the 1-layer, width-32 model of experiments/scaling.py,
 12% of its 4-layer, width-96 one), so the choice moves the fitted exponents (Pearce & Song 2024): scaling.json
 also holds the same fits with N the non-embedding count, as `fits_non_embedding`. D is the tokens
-trained on, C the exact FLOPs of jaxllm.scaling.flops_per_token (attention included), not 6·N·D.
+trained on, C the exact FLOPs of jaxllm.model.accounting.flops_per_token (attention included), not 6·N·D.
 """
 
 from __future__ import annotations
@@ -35,18 +35,20 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from matplotlib.ticker import FuncFormatter
 
 from jaxllm.config import Config, ConfigError, parse_cli
-from jaxllm.scaling import (flops_per_token, human, param_count, positive_number, rule_of_20, size_model,
-                            smallest_model)
-from jaxllm.scaling_fit import fit_loss_law, isoflop_minimum, power_law
+from jaxllm.model.accounting import flops_per_token, param_count
+from jaxllm.plots import plt
+from jaxllm.scaling.fit import fit_loss_law, isoflop_minimum, power_law
+from jaxllm.scaling.laws import human, positive_number, rule_of_20, size_model, smallest_model
+from jaxllm.train.loop import run as train_run
 
-FLAGS = ("budgets", "sizes", "span", "out", "dry_run")
+FLAGS = ("budgets", "sizes", "span", "out")
+SWITCHES = ("dry_run",)
 DEFAULT_EXPERIMENT = "scaling"
-# 20 runs of experiments/scaling.py, 1.85e13 FLOPs. Measured on this 2-core CPU while other jobs kept its load at
-# 5-8: 23.9 min wall, 17.6 min of CPU time (user + sys); 5-27 s of each run (15 on average) went to compiling,
-# evaluating and saving. CPU time bounds the wall time on an idle machine from above (both cores count), so about
-# 18 minutes there. Every budget's profile has its minimum inside its sizes.
+# 20 runs of experiments/scaling.py, 1.85e13 FLOPs in all; every budget's profile had its minimum inside its sizes.
+# The sweep prints its own rate and time left as it goes (--dry_run lists the grid first).
 DEFAULT_BUDGETS = "2e11,5e11,1e12,2e12"
 DEFAULT_SIZES = 5
 DEFAULT_SPAN = 4.0
@@ -96,7 +98,8 @@ def grid(cfg: Config, budgets: list[float], sizes: int, span: float) -> list[Run
             raise ConfigError(
                 f"budget {budget:.3g} FLOPs leaves {len(models)} model sizes of {cfg.name} with at least {MIN_STEPS} "
                 f"steps; a parabola needs 3: raise the budget (the smallest model alone needs {need:.2g}), "
-                f"widen --span or add --sizes")
+                f"widen --span or add --sizes"
+            )
         for model in models:
             steps = _steps_for(cfg, model, budget)
             optim = dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, steps // 10))
@@ -107,36 +110,59 @@ def grid(cfg: Config, budgets: list[float], sizes: int, span: float) -> list[Run
 
 def execute(runs: list[Run], out: pathlib.Path, train) -> list[dict]:
     """Trains each run not already finished in out (train: jaxllm.train.run's signature); returns one record each."""
-    done = {run.name: json.loads((out / run.name / "scaling_result.json").read_text())
-            for run in runs if (out / run.name / "scaling_result.json").is_file()}
+    done = {
+        run.name: json.loads((out / run.name / "scaling_result.json").read_text())
+        for run in runs
+        if (out / run.name / "scaling_result.json").is_file()
+    }
     todo_flops = sum(run.flops for run in runs if run.name not in done)
     print(f"{len(runs)} runs, {len(done)} already finished; {todo_flops:.3g} FLOPs of training to do")
     records, spent_flops, spent_s = [], 0.0, 0.0
     for i, run in enumerate(runs, 1):
         m = run.cfg.model
-        label = (f"[{i}/{len(runs)}] C={run.budget:.2g} {m.n_layer}x{m.n_embd} ({human(param_count(m).total)} "
-                 f"params) {human(run.cfg.train.steps)} steps")
+        label = (
+            f"[{i}/{len(runs)}] C={run.budget:.2g} {m.n_layer}x{m.n_embd} ({human(param_count(m).total)} "
+            f"params) {human(run.cfg.train.steps)} steps"
+        )
         if run.name not in done:
             print(f"{label} ...", flush=True)
             t0 = time.perf_counter()
             result = train(run.cfg, out / run.name, progress=False)
             wall_s = time.perf_counter() - t0
             spent_flops, spent_s = spent_flops + run.flops, spent_s + wall_s
-            done[run.name] = {"val_loss": result["val_loss"], "val_bpb": result["val_bpb"],
-                              "tokens_per_s": result["tokens_per_s"], "wall_s": wall_s}
+            done[run.name] = {
+                "val_loss": result["val_loss"],
+                "val_bpb": result["val_bpb"],
+                "tokens_per_s": result["tokens_per_s"],
+                "wall_s": wall_s,
+            }
             (out / run.name).mkdir(exist_ok=True)
             tmp = out / run.name / "scaling_result.json.tmp"
             tmp.write_text(json.dumps(done[run.name], indent=2))
             tmp.replace(out / run.name / "scaling_result.json")
             left_s = (todo_flops - spent_flops) / (spent_flops / spent_s)
-            print(f"  val_loss {result['val_loss']:.4f} in {wall_s:.0f} s "
-                  f"({spent_flops / spent_s / 1e9:.0f} GFLOP/s); about {left_s / 60:.0f} min left", flush=True)
+            print(
+                f"  val_loss {result['val_loss']:.4f} in {wall_s:.0f} s "
+                f"({spent_flops / spent_s / 1e9:.0f} GFLOP/s); about {left_s / 60:.0f} min left",
+                flush=True,
+            )
         else:
             print(f"{label}: val_loss {done[run.name]['val_loss']:.4f} (reused)")
-        records.append({"budget": run.budget, "n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head,
-                        "params": param_count(m).total, "non_embedding_params": param_count(m).non_embedding,
-                        "steps": run.cfg.train.steps, "tokens": run.tokens, "flops": run.flops,
-                        "run_dir": str(out / run.name), **done[run.name]})
+        records.append(
+            {
+                "budget": run.budget,
+                "n_layer": m.n_layer,
+                "n_embd": m.n_embd,
+                "n_head": m.n_head,
+                "params": param_count(m).total,
+                "non_embedding_params": param_count(m).non_embedding,
+                "steps": run.cfg.train.steps,
+                "tokens": run.tokens,
+                "flops": run.flops,
+                "run_dir": str(out / run.name),
+                **done[run.name],
+            }
+        )
     return records
 
 
@@ -154,9 +180,16 @@ def fit(records: list[dict], n_key: str = "params") -> dict:
         except ValueError as e:
             profiles.append({"budget": budget, "error": str(e)})
             continue
-        profiles.append({"budget": budget, "n_opt": math.exp(log_n_opt), "d_opt": math.exp(log_d_opt),
-                         "loss_min": loss_min, "parabola_ln_n": coeffs.tolist(),
-                         "inside_grid": bool(n.min() <= math.exp(log_n_opt) <= n.max())})
+        profiles.append(
+            {
+                "budget": budget,
+                "n_opt": math.exp(log_n_opt),
+                "d_opt": math.exp(log_d_opt),
+                "loss_min": loss_min,
+                "parabola_ln_n": coeffs.tolist(),
+                "inside_grid": bool(n.min() <= math.exp(log_n_opt) <= n.max()),
+            }
+        )
     result = {"isoflop": profiles}
     good = [p for p in profiles if "n_opt" in p and p["inside_grid"]]  # an extrapolated minimum is a guess
     if len(good) >= 2:
@@ -166,12 +199,17 @@ def fit(records: list[dict], n_key: str = "params") -> dict:
             result[f"{name}_law"] = {"exponent": exponent, "coefficient": coefficient}
     else:
         result["params_law"] = result["tokens_law"] = {
-            "error": f"{len(good)} budget(s) with a minimum inside their sizes; need 2"}
+            "error": f"{len(good)} budget(s) with a minimum inside their sizes; need 2"
+        }
     try:
-        law = fit_loss_law([r[n_key] for r in records], [r["tokens"] for r in records],
-                           [r["val_loss"] for r in records])
-        result["loss_law"] = {**dataclasses.asdict(law), "params_exponent": law.beta / (law.alpha + law.beta),
-                              "tokens_exponent": law.alpha / (law.alpha + law.beta)}
+        law = fit_loss_law(
+            [r[n_key] for r in records], [r["tokens"] for r in records], [r["val_loss"] for r in records]
+        )
+        result["loss_law"] = {
+            **dataclasses.asdict(law),
+            "params_exponent": law.beta / (law.alpha + law.beta),
+            "tokens_exponent": law.alpha / (law.alpha + law.beta),
+        }
     except ValueError as e:
         result["loss_law"] = {"error": str(e)}
     return result
@@ -179,12 +217,6 @@ def fit(records: list[dict], n_key: str = "params") -> dict:
 
 def plot(records: list[dict], fits: dict, out: pathlib.Path) -> None:
     """isoflop.png: loss against N per budget, fitted parabolas and minima; optimal.png: N_opt and D_opt against C."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for profile, color in zip(fits["isoflop"], plt.cm.viridis(np.linspace(0, 0.85, len(fits["isoflop"])))):
         at = [r for r in records if r["budget"] == profile["budget"]]
@@ -197,22 +229,29 @@ def plot(records: list[dict], fits: dict, out: pathlib.Path) -> None:
     ax.set(xscale="log", xlabel="parameters N", ylabel="final validation loss (nats/token)", title="IsoFLOP profiles")
     # minor ticks labelled 20K, 50K: matplotlib's default labels every minor tick and they overlap
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human(x)))
-    ax.xaxis.set_minor_formatter(FuncFormatter(
-        lambda x, _: human(x) if round(x / 10 ** math.floor(math.log10(x))) in (2, 5) else ""))
+    ax.xaxis.set_minor_formatter(
+        FuncFormatter(lambda x, _: human(x) if round(x / 10 ** math.floor(math.log10(x))) in (2, 5) else "")
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper left", bbox_to_anchor=(1, 1))  # outside: the profiles fill every corner
     _save(fig, out / "isoflop.png")
 
     good = [p for p in fits["isoflop"] if "n_opt" in p and p["inside_grid"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, law, label in ((axes[0], "n_opt", "params_law", "N_opt (parameters)"),
-                                (axes[1], "d_opt", "tokens_law", "D_opt (tokens)")):
+    for ax, key, law, label in (
+        (axes[0], "n_opt", "params_law", "N_opt (parameters)"),
+        (axes[1], "d_opt", "tokens_law", "D_opt (tokens)"),
+    ):
         c = np.array([p["budget"] for p in good])
         ax.plot(c, [p[key] for p in good], "o", label="IsoFLOP minima")
         if "exponent" in fits[law]:
             line = np.geomspace(c.min() / 2, c.max() * 2, 50)
-            ax.plot(line, fits[law]["coefficient"] * line ** fits[law]["exponent"], "-",
-                    label=f"fit: ∝ C^{fits[law]['exponent']:.2f}")
+            ax.plot(
+                line,
+                fits[law]["coefficient"] * line ** fits[law]["exponent"],
+                "-",
+                label=f"fit: ∝ C^{fits[law]['exponent']:.2f}",
+            )
             chinchilla = [getattr(rule_of_20(x), "n_params" if key == "n_opt" else "n_tokens") for x in line]
             ax.plot(line, chinchilla, "--", color="gray", label="20 tokens/param (Hoffmann et al.)")
         ax.set(xlabel="compute C (FLOPs)", ylabel=label)
@@ -226,8 +265,6 @@ def plot(records: list[dict], fits: dict, out: pathlib.Path) -> None:
 
 
 def _save(fig, path: pathlib.Path) -> None:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -241,11 +278,21 @@ def sweep(cfg: Config, budgets: list[float], sizes: int, span: float, out: pathl
     fits = fit(records)
     # Kaplan et al.'s N beside Hoffmann et al.'s: at this scale the two give different exponents
     fits_non_embedding = fit(records, "non_embedding_params")
-    summary = {"experiment": cfg.name, "budgets": budgets, "sizes": sizes, "span": span,
-               "conventions": {"N": "total parameters, embeddings included (Hoffmann et al. 2022)",
-                               "D": "training tokens", "C": "exact training FLOPs, attention included",
-                               "fits_non_embedding": "the fits with N = non-embedding parameters (Kaplan et al.)"},
-               "fits": fits, "fits_non_embedding": fits_non_embedding, "runs": records}
+    summary = {
+        "experiment": cfg.name,
+        "budgets": budgets,
+        "sizes": sizes,
+        "span": span,
+        "conventions": {
+            "N": "total parameters, embeddings included (Hoffmann et al. 2022)",
+            "D": "training tokens",
+            "C": "exact training FLOPs, attention included",
+            "fits_non_embedding": "the fits with N = non-embedding parameters (Kaplan et al.)",
+        },
+        "fits": fits,
+        "fits_non_embedding": fits_non_embedding,
+        "runs": records,
+    }
     tmp = out / "scaling.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out / "scaling.json")
@@ -256,15 +303,25 @@ def sweep(cfg: Config, budgets: list[float], sizes: int, span: float, out: pathl
 def _print_fits(summary: dict, out: pathlib.Path) -> None:
     fits = summary["fits"]
     for p in fits["isoflop"]:
-        print(f"C={p['budget']:.3g}: " + (p["error"] if "error" in p else
-              f"N_opt {human(p['n_opt'])}, D_opt {human(p['d_opt'])}, loss {p['loss_min']:.4f}"
-              + ("" if p["inside_grid"] else " (extrapolated: outside the sizes trained)")))
+        print(
+            f"C={p['budget']:.3g}: "
+            + (
+                p["error"]
+                if "error" in p
+                else f"N_opt {human(p['n_opt'])}, D_opt {human(p['d_opt'])}, loss {p['loss_min']:.4f}"
+                + ("" if p["inside_grid"] else " (extrapolated: outside the sizes trained)")
+            )
+        )
     for key, name in (("params_law", "N_opt"), ("tokens_law", "D_opt")):
         law = fits[key]
         print(f"{name} ∝ C^{law['exponent']:.3f}" if "exponent" in law else f"{name}: {law['error']}")
     law = fits["loss_law"]
-    print(f"L(N, D) = {law['E']:.3f} + {law['A']:.4g}/N^{law['alpha']:.3f} + {law['B']:.4g}/D^{law['beta']:.3f} "
-          f"(N_opt ∝ C^{law['params_exponent']:.3f})" if "E" in law else f"L(N, D): {law['error']}")
+    print(
+        f"L(N, D) = {law['E']:.3f} + {law['A']:.4g}/N^{law['alpha']:.3f} + {law['B']:.4g}/D^{law['beta']:.3f} "
+        f"(N_opt ∝ C^{law['params_exponent']:.3f})"
+        if "E" in law
+        else f"L(N, D): {law['error']}"
+    )
     kaplan = summary["fits_non_embedding"]["params_law"]
     if "exponent" in kaplan:
         print(f"with N the non-embedding parameters (Kaplan et al.): N_opt ∝ C^{kaplan['exponent']:.3f}")
@@ -274,9 +331,10 @@ def _print_fits(summary: dict, out: pathlib.Path) -> None:
 def main(argv: list[str]) -> int:
     if not any(arg.startswith("--experiment=") for arg in argv):
         argv = [f"--experiment={DEFAULT_EXPERIMENT}", *argv]
-    cfg, flags = parse_cli(argv, allowed_flags=FLAGS)
-    budgets = [positive_number("budgets", raw, "1e12,3e12,1e13")
-               for raw in flags.get("budgets", DEFAULT_BUDGETS).split(",")]
+    cfg, flags = parse_cli(argv, allowed_flags=FLAGS, switches=SWITCHES)
+    budgets = [
+        positive_number("budgets", raw, "1e12,3e12,1e13") for raw in flags.get("budgets", DEFAULT_BUDGETS).split(",")
+    ]
     sizes = positive_number("sizes", flags.get("sizes", str(DEFAULT_SIZES)), "5")
     span = positive_number("span", flags.get("span", str(DEFAULT_SPAN)), "4")
     if not sizes.is_integer() or sizes < 3:
@@ -290,11 +348,12 @@ def main(argv: list[str]) -> int:
         runs = grid(cfg, budgets, int(sizes), span)
         for run in runs:
             m = run.cfg.model
-            print(f"C={run.budget:.2g} {m.n_layer}x{m.n_embd} {human(param_count(m).total)} params "
-                  f"{human(run.tokens)} tokens {run.cfg.train.steps} steps")
+            print(
+                f"C={run.budget:.2g} {m.n_layer}x{m.n_embd} {human(param_count(m).total)} params "
+                f"{human(run.tokens)} tokens {run.cfg.train.steps} steps"
+            )
         print(f"{len(runs)} runs, {sum(r.flops for r in runs):.3g} FLOPs of training in all")
         return 0
-    from jaxllm.train import run as train_run  # imports JAX: only when training
 
     summary = sweep(cfg, budgets, int(sizes), span, out, train_run)
     _print_fits(summary, out)

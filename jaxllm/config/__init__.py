@@ -16,10 +16,10 @@ import pathlib
 import typing
 from dataclasses import dataclass, field
 
-from jaxllm.data.pipeline_config import CleanConfig
+from jaxllm.config.clean import CleanConfig
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-EXPERIMENTS_DIR = REPO_ROOT / "experiments"
+# experiments/ beside the package: a checkout, or an editable install of one (pip install -e .)
+EXPERIMENTS_DIR = pathlib.Path(__file__).resolve().parents[2] / "experiments"
 
 
 class ConfigError(ValueError):
@@ -37,12 +37,13 @@ class ModelConfig:
     n_embd: int = 384
     mlp_hidden: int = 0  # 0 means 4 * n_embd (gpt2) or the Llama rule 8/3 * n_embd rounded up to 64
     tie_embeddings: bool = True
-    compute_dtype: str = "float32"  # parameters stay float32; 'bfloat16' runs matmuls in bf16
-    remat: str = "none"  # 'none' | 'full' | 'save_matmuls' | 'save_attention' (see model._REMAT_POLICIES)
+    # 'auto' | 'float32' | 'bfloat16' (matmuls in bf16; parameters stay float32). auto: bf16 on GPU/TPU, and on a
+    # CPU only where its measured bf16 matmul peak beats float32's (jaxllm.kernels.choose)
+    compute_dtype: str = "auto"
+    # 'auto' | 'reference' (portable: what GPUs and TPUs run) | 'xla_cpu' (one CPU device); see jaxllm.kernels
+    kernels: str = "auto"
+    remat: str = "none"  # 'none' | 'full' | 'save_matmuls' | 'save_attention' (see jaxllm.model.REMAT_POLICIES)
     scan_layers: bool = True
-    # 'xla': jax.nn.dot_product_attention (training on one CPU device: cpu_kernels.causal_attention);
-    # 'explicit': einsum + softmax
-    attention: str = "xla"
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
 
@@ -154,44 +155,64 @@ def validate(cfg: Config) -> Config:
     checks = [
         (m.family in ("gpt2", "llama"), f"model.family={m.family!r}: use 'gpt2' or 'llama'"),
         (m.n_layer >= 1, f"model.n_layer={m.n_layer}: needs at least 1 layer"),
-        (m.n_head >= 1 and m.n_embd % m.n_head == 0,
-         f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}: pick a multiple"),
-        (m.kv_heads >= 1 and m.n_head % m.kv_heads == 0,
-         f"model.n_head={m.n_head} is not a multiple of model.n_kv_head={m.n_kv_head}: pick a divisor of n_head"),
-        (m.family != "llama" or m.head_dim % 2 == 0,
-         f"model.n_embd/n_head={m.head_dim}: RoPE needs an even head size"),
-        (m.vocab_size >= 300 or cfg.data.tokenizer == "char",
-         f"model.vocab_size={m.vocab_size}: a bpe tokenizer needs at least 300 (256 bytes + specials)"),
+        (
+            m.n_head >= 1 and m.n_embd % m.n_head == 0,
+            f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}: pick a multiple",
+        ),
+        (
+            m.kv_heads >= 1 and m.n_head % m.kv_heads == 0,
+            f"model.n_head={m.n_head} is not a multiple of model.n_kv_head={m.n_kv_head}: pick a divisor of n_head",
+        ),
+        (m.family != "llama" or m.head_dim % 2 == 0, f"model.n_embd/n_head={m.head_dim}: RoPE needs an even head size"),
+        (
+            m.vocab_size >= 300 or cfg.data.tokenizer == "char",
+            f"model.vocab_size={m.vocab_size}: a bpe tokenizer needs at least 300 (256 bytes + specials)",
+        ),
         (m.block_size >= 2, f"model.block_size={m.block_size}: needs at least 2"),
-        (m.compute_dtype in ("float32", "bfloat16"), f"model.compute_dtype={m.compute_dtype!r}: use float32 or bfloat16"),
-        (m.remat in ("none", "full", "save_matmuls", "save_attention"),
-         f"model.remat={m.remat!r}: use none, full, save_matmuls or save_attention"),
-        (m.attention in ("xla", "explicit"), f"model.attention={m.attention!r}: use xla or explicit"),
+        (
+            m.compute_dtype in ("auto", "float32", "bfloat16"),
+            f"model.compute_dtype={m.compute_dtype!r}: use auto, float32 or bfloat16",
+        ),
+        (m.kernels in ("auto", "reference", "xla_cpu"), f"model.kernels={m.kernels!r}: use auto, reference or xla_cpu"),
+        (
+            m.remat in ("none", "full", "save_matmuls", "save_attention"),
+            f"model.remat={m.remat!r}: use none, full, save_matmuls or save_attention",
+        ),
         (cfg.data.tokenizer in ("bpe", "char"), f"data.tokenizer={cfg.data.tokenizer!r}: use bpe or char"),
         (0 < cfg.data.val_fraction < 1, f"data.val_fraction={cfg.data.val_fraction}: must be between 0 and 1"),
         (len(cfg.data.sources) >= 1, "data.sources is empty: name at least one source, e.g. '[\"stdlib\"]'"),
         (pt.stage in ("", "sft", "dpo"), f"posttrain.stage={pt.stage!r}: use '' (pretraining), 'sft' or 'dpo'"),
-        (pt.stage == "" or (t.init_from != "" and not t.init_from.startswith("hf:")),
-         f"posttrain.stage={pt.stage!r} needs train.init_from=RUN_DIR, the run it starts from (got "
-         f"{t.init_from!r}); import a Hugging Face model first with python -m jaxllm.hf import"),
-        (pt.stage == "" or 2 <= pt.seq_len <= m.block_size,
-         f"posttrain.seq_len={pt.seq_len}: must be in [2, model.block_size={m.block_size}]"),
+        (
+            pt.stage == "" or (t.init_from != "" and not t.init_from.startswith("hf:")),
+            f"posttrain.stage={pt.stage!r} needs train.init_from=RUN_DIR, the run it starts from (got "
+            f"{t.init_from!r}); import a Hugging Face model first with python -m jaxllm.hf import",
+        ),
+        (
+            pt.stage == "" or 2 <= pt.seq_len <= m.block_size,
+            f"posttrain.seq_len={pt.seq_len}: must be in [2, model.block_size={m.block_size}]",
+        ),
         (0 < pt.val_fraction < 1, f"posttrain.val_fraction={pt.val_fraction}: must be between 0 and 1"),
         (pt.beta > 0, f"posttrain.beta={pt.beta}: must be positive"),
         (t.steps >= 1, f"train.steps={t.steps}: must be at least 1"),
         (t.batch_size >= 1, f"train.batch_size={t.batch_size}: must be at least 1"),
-        (t.log_every >= 1 and t.eval_every >= 1 and t.checkpoint_every >= 1,
-         "train.log_every, eval_every and checkpoint_every must be at least 1"),
+        (
+            t.log_every >= 1 and t.eval_every >= 1 and t.checkpoint_every >= 1,
+            "train.log_every, eval_every and checkpoint_every must be at least 1",
+        ),
         (t.eval_batches >= 1, f"train.eval_batches={t.eval_batches}: must be at least 1"),
         (t.keep_checkpoints >= 1, f"train.keep_checkpoints={t.keep_checkpoints}: must be at least 1"),
         (o.name in ("adamw", "muon"), f"optim.name={o.name!r}: use adamw or muon"),
         (o.lr > 0 and o.muon_lr > 0, f"optim.lr={o.lr}, optim.muon_lr={o.muon_lr}: must be positive"),
         (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio={o.min_lr_ratio}: must be in [0, 1]"),
         (0 <= o.warmup_steps, f"optim.warmup_steps={o.warmup_steps}: must be >= 0"),
-        (sum(1 for a in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) if a == -1) <= 1,
-         "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1"),
-        (all(a == -1 or a >= 1 for a in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)),
-         "mesh.data, mesh.fsdp and mesh.tensor must each be a positive size or -1"),
+        (
+            sum(1 for a in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) if a == -1) <= 1,
+            "at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1",
+        ),
+        (
+            all(a == -1 or a >= 1 for a in (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)),
+            "mesh.data, mesh.fsdp and mesh.tensor must each be a positive size or -1",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -214,10 +235,22 @@ def load_experiment(name_or_path: str) -> Config:
         raise ConfigError(f"unknown experiment {name_or_path!r}: use one of {', '.join(known)} or a path to a .py file")
     spec = importlib.util.spec_from_file_location(f"jaxllm_experiment_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}:{e.lineno}: syntax error in the experiment file: {e.msg}") from None
+    except ConfigError:
+        raise
+    except Exception as e:  # an experiment is user code: any failure to load it is a bad input, not a crash
+        raise ConfigError(f"{path}: the experiment file failed to load: {type(e).__name__}: {e}") from None
     if not callable(getattr(module, "config", None)):
         raise ConfigError(f"{path} defines no config() function returning a jaxllm Config")
-    cfg = module.config()
+    try:
+        cfg = module.config()
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"{path}: config() failed: {type(e).__name__}: {e}") from None
     if not isinstance(cfg, Config):
         raise ConfigError(f"{path}: config() returned {type(cfg).__name__}, expected jaxllm.config.Config")
     return cfg
@@ -250,7 +283,8 @@ def _parse_value(raw: str, typ, key: str):
     except (ValueError, json.JSONDecodeError):
         pass
     expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        typ, "a JSON list of strings, e.g. '[\"stdlib\"]'")
+        typ, "a JSON list of strings, e.g. '[\"stdlib\"]'"
+    )
     raise ConfigError(f"--{key}={raw!r}: expected {expected}")
 
 
@@ -305,12 +339,16 @@ def diff(a, b, prefix: str = "") -> list[str]:
     return out
 
 
-def parse_cli(argv: list[str], *, allowed_flags: typing.Iterable[str] = ()) -> tuple[Config, dict[str, str]]:
+def parse_cli(
+    argv: list[str], *, allowed_flags: typing.Iterable[str] = (), switches: typing.Iterable[str] = ()
+) -> tuple[Config, dict[str, str]]:
     """Splits `--experiment=X`, `--section.key=value` overrides and the command's own flags.
 
-    Returns the resolved, validated Config and a dict of the command's own flags (those in allowed_flags).
+    Returns the resolved, validated Config and a dict of the command's own flags (those in allowed_flags, and the
+    switches: flags that may stand bare, meaning 'true').
     """
-    allowed = set(allowed_flags) | {"experiment"}
+    switches = set(switches)
+    allowed = set(allowed_flags) | switches | {"experiment"}
     flags: dict[str, str] = {}
     overrides: dict[str, str] = {}
     for arg in argv:
@@ -318,8 +356,8 @@ def parse_cli(argv: list[str], *, allowed_flags: typing.Iterable[str] = ()) -> t
             raise ConfigError(f"unexpected argument {arg!r}: options look like --key=value")
         key, eq, value = arg[2:].partition("=")
         if not eq:
-            if key in allowed:
-                value = "true"  # a bare flag
+            if key in switches:
+                value = "true"  # a bare switch
             else:
                 raise ConfigError(f"--{key} needs a value: write --{key}=VALUE")
         if "." in key:
@@ -327,9 +365,14 @@ def parse_cli(argv: list[str], *, allowed_flags: typing.Iterable[str] = ()) -> t
         elif key in allowed:
             flags[key] = value
         else:
-            raise ConfigError(f"unknown option --{key}: use --experiment=NAME, --section.key=value"
-                              + (f" or one of {', '.join('--' + a for a in sorted(allowed - {'experiment'}))}"
-                                 if allowed - {"experiment"} else ""))
+            raise ConfigError(
+                f"unknown option --{key}: use --experiment=NAME, --section.key=value"
+                + (
+                    f" or one of {', '.join('--' + a for a in sorted(allowed - {'experiment'}))}"
+                    if allowed - {"experiment"}
+                    else ""
+                )
+            )
     cfg = load_experiment(flags.get("experiment", "base"))
     cfg = apply_overrides(cfg, overrides)
     return validate(cfg), flags
@@ -338,4 +381,3 @@ def parse_cli(argv: list[str], *, allowed_flags: typing.Iterable[str] = ()) -> t
 def replace(cfg, **changes):
     """dataclasses.replace, re-exported so experiments need only this module."""
     return dataclasses.replace(cfg, **changes)
-

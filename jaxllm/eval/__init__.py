@@ -1,0 +1,1 @@
+"""Evaluation across stages: held-out text, multiple choice, preference accuracy and sample replies."""

@@ -1,0 +1,1 @@
+"""Inference: the KV cache and the weights a decoding step reads (laid out by the kernel set), and sampling."""

@@ -1,0 +1,1 @@
+"""Scaling: published compute-optimal rules (laws), fitting our own (fit), and the IsoFLOP sweep (sweep)."""

@@ -1,0 +1,227 @@
+"""The training loop: restore or initialise, compile, step, evaluate, save, finish. Pretraining, SFT and DPO share it.
+
+`run(cfg, run_dir)` trains (or resumes) the run in run_dir. Rerunning a finished run says so; rerunning an
+interrupted one resumes from its latest checkpoint, and the losses continue exactly (a batch is a pure function of
+the step). What a stage brings (data, batches, loss, sample) is a `jaxllm.train.stage.Stage`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import tempfile
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxllm import kernels, sharding
+from jaxllm.config import Config, ConfigError, replace
+from jaxllm.data.sources import check_sources
+from jaxllm.interop.hf import init_params
+from jaxllm.kernels import probe
+from jaxllm.model.accounting import flops_per_token, param_count
+from jaxllm.plots import plot_loss
+from jaxllm.train import checkpoint
+from jaxllm.train import step as step_lib
+from jaxllm.train.evaluation import evaluate
+from jaxllm.train.metrics import MetricsLog, Progress
+from jaxllm.train.optim import schedule
+from jaxllm.train.stage import Stage, pretraining
+
+
+def check_run_dir(run_dir: pathlib.Path) -> None:
+    """Refuses a run directory that is a file or cannot be written, before anything is printed or written."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run_dir={run_dir} is a file, not a directory: choose another path")
+    probe_dir = run_dir if run_dir.exists() else next(p for p in run_dir.absolute().parents if p.exists())
+    try:  # a real write: permission bits say nothing for root, or on a read-only mount
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"--run_dir={run_dir}: {probe_dir} is not writable ({e.strerror}); choose another path or "
+            "fix its permissions"
+        ) from None
+
+
+def run(
+    cfg: Config,
+    run_dir: pathlib.Path,
+    progress: bool = True,
+    make_stage: Callable[[Config, object, bool], Stage] = pretraining,
+    show_config: bool = False,
+) -> dict:
+    """Trains (or resumes) the run in run_dir; returns the final figures:
+    {'step', 'val_loss', 'val_bpb', 'tokens_per_s', 'params', 'checkpoint', 'sample', ...}.
+    make_stage(cfg, mesh, progress) supplies the data, batches and loss (see Stage)."""
+    run_dir = pathlib.Path(run_dir)
+    check_run_dir(run_dir)
+    say = print if (progress and jax.process_index() == 0) else (lambda *a, **k: None)
+    latest, meta = _latest_checkpoint(cfg, run_dir)
+    if meta is not None and latest >= cfg.train.steps:
+        return _already_complete(run_dir, latest, meta, say)
+    check_sources(cfg.data.sources)  # like an impossible mesh, refused before anything is printed or written
+    mesh = sharding.make_mesh(cfg)
+    model_cfg, choice = kernels.resolve(cfg.model, list(mesh.devices.flat))
+    run_cfg = replace(cfg, model=model_cfg)  # what runs here; `cfg`, as given, is what is saved
+    say(_summary(cfg, run_cfg, mesh, choice, run_dir, latest))
+    if show_config:
+        say(cfg.to_json())
+    stage = make_stage(run_cfg, mesh, progress and jax.process_index() == 0)
+    if stage.summary:
+        say(stage.summary)
+    trainer, abstract_state = step_lib.make_trainer(run_cfg, mesh, stage.loss_fn or step_lib.mean_loss)
+    train_step = _compile(trainer, abstract_state, stage, mesh, say)
+    if cfg.train.compile_only:
+        return {"step": 0, "params": _n_params(abstract_state)}
+    _write_config(cfg, run_dir)
+    mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints)
+    with jax.set_mesh(mesh):
+        state = _restore_or_init(run_cfg, trainer, abstract_state, mngr, latest, say)
+        state, result, tokens_per_s = _train(run_cfg, train_step, trainer, stage, state, mngr, mesh, run_dir, say)
+        final = {
+            "val_loss": result["val_loss"],
+            "val_bpb": result["val_bpb"],
+            "tokens_per_s": tokens_per_s,
+            "params": _n_params(abstract_state),
+            "steps": cfg.train.steps,
+            "kernels": model_cfg.kernels,
+            "compute_dtype": model_cfg.compute_dtype,
+        }
+        checkpoint.save(mngr, cfg.train.steps, state, cfg, stage.tokenizer, extra={"final": final})
+        mngr.wait_until_finished()
+        mngr.close()
+        sample = stage.sample(trainer.graphdef, state["params"])
+    return _finish(run_dir, final, sample, say)
+
+
+def _latest_checkpoint(cfg: Config, run_dir: pathlib.Path) -> tuple[int | None, dict | None]:
+    """The latest checkpoint's step and meta (None, None for a new run); refuses one of another config."""
+    if not (run_dir / "checkpoints").is_dir():
+        return None, None
+    mngr = checkpoint.manager(run_dir, read_only=True)
+    latest = mngr.latest_step()
+    meta = checkpoint.read_meta(mngr, latest) if latest is not None else None
+    mngr.close()
+    if meta is not None:
+        checkpoint.check_compatible(meta["config"], cfg, run_dir)
+    return latest, meta
+
+
+def _already_complete(run_dir: pathlib.Path, latest: int, meta: dict, say) -> dict:
+    final = meta.get("final", {})
+    say(f"run already complete: {run_dir} holds a checkpoint at step {latest}")
+    for key in ("val_loss", "val_bpb"):
+        if key in final:
+            say(f"  {key}: {final[key]:.4f}")
+    say(f"  checkpoint: {run_dir / 'checkpoints' / str(latest)}\n  metrics: {run_dir / 'metrics.jsonl'}")
+    return {**final, "step": latest, "checkpoint": str(run_dir / "checkpoints" / str(latest))}
+
+
+def _summary(
+    cfg: Config, run_cfg: Config, mesh, choice: kernels.Choice, run_dir: pathlib.Path, latest: int | None
+) -> str:
+    """Two lines: what is trained, for how long, where; and on what (mesh, kernels, dtype, and why)."""
+    m, t = run_cfg.model, run_cfg.train
+    from_step = f", resuming at step {latest}" if latest else ""
+    devices = f"{mesh.size} {mesh.devices.flat[0].platform} device{'s' if mesh.size > 1 else ''}"
+    return (
+        f"{cfg.name}: {m.family}, {param_count(m).total / 1e6:.2f}M parameters ({m.n_layer} layers x "
+        f"{m.n_embd}), {t.steps} steps of {t.batch_size} x "
+        f"{m.block_size} tokens{from_step} -> {run_dir}\n"
+        f"on {devices}, mesh {dict(mesh.shape)}; {choice.why}"
+    )
+
+
+def _compile(trainer, abstract_state: dict, stage: Stage, mesh, say):
+    with jax.set_mesh(mesh):
+        t0 = time.perf_counter()
+        compiled = trainer.jit_train_step().lower(abstract_state, stage.batch_shapes).compile()
+    say(f"compiled the train step in {time.perf_counter() - t0:.1f}s; {_memory_plan(abstract_state, compiled)}")
+    return compiled
+
+
+def _write_config(cfg: Config, run_dir: pathlib.Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        tmp = run_dir / "config.json.tmp"
+        tmp.write_text(cfg.to_json())
+        tmp.replace(run_dir / "config.json")
+
+
+def _restore_or_init(cfg: Config, trainer, abstract_state: dict, mngr, latest: int | None, say) -> dict:
+    if latest is not None:
+        return checkpoint.restore_state(mngr, latest, abstract_state)
+    params = None  # fine-tuning starts from given parameters, with a fresh optimizer
+    if cfg.train.init_from.startswith("hf:"):
+        params = jax.device_put(init_params(cfg.train.init_from, cfg.model), trainer.state_shardings["params"])
+    elif cfg.train.init_from:
+        params = checkpoint.restore_latest_params(cfg.train.init_from, cfg.model, abstract_state["params"])
+    if cfg.train.init_from:
+        say(f"parameters from {cfg.train.init_from}")
+    return step_lib.init_state(cfg, trainer, params)
+
+
+def _train(cfg: Config, train_step, trainer, stage: Stage, state: dict, mngr, mesh, run_dir: pathlib.Path, say):
+    """Steps from the state's step to train.steps, logging, evaluating and saving on their intervals; returns the
+    state, the final evaluation and the steady-state tokens/s."""
+    t = cfg.train
+    eval_step = trainer.jit_eval_step()
+    token_bytes = jax.device_put(jnp.asarray(stage.tokenizer.token_bytes(), jnp.int32), sharding.replicated(mesh))
+    log = MetricsLog(run_dir / "metrics.jsonl", jax.process_index() == 0)
+    peak = (t.peak_tflops * 1e12 if t.peak_tflops else probe.peak_flops(cfg.model.compute_dtype)) * mesh.size
+    progress = Progress(
+        t.steps,
+        stage.tokens_per_step,
+        flops_per_token(cfg.model) * stage.tokens_per_step / peak,
+        schedule(cfg.optim, t.steps),
+        log,
+        say,
+        t.log_every,
+    )
+
+    def run_eval(s):
+        result = evaluate(eval_step, state["params"], stage.eval_batches, token_bytes)
+        log.write({"step": s, "val_loss": result["val_loss"], "val_bpb": result["val_bpb"]})
+        say(f"eval step {s}: val_loss {result['val_loss']:.4f} | val_bpb {result['val_bpb']:.4f}")
+        return result
+
+    for s in range(int(state["step"]), t.steps):
+        state, metrics = train_step(state, stage.train_batch(s))
+        done = s + 1
+        progress.step(done, metrics)
+        if done % t.eval_every == 0 and done != t.steps:
+            run_eval(done)
+        if done % t.checkpoint_every == 0 and done != t.steps:
+            checkpoint.save(mngr, done, state, cfg, stage.tokenizer)
+        progress.resume_clock(done)  # evaluation and checkpoint time are not training time
+    return state, run_eval(t.steps), progress.steady_rate()
+
+
+def _finish(run_dir: pathlib.Path, final: dict, sample: str, say) -> dict:
+    if jax.process_index() == 0:
+        plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    ckpt = run_dir / "checkpoints" / str(final["steps"])
+    say(
+        f"\nfinal: val_loss {final['val_loss']:.4f} | val_bpb {final['val_bpb']:.4f} | "
+        f"{final['tokens_per_s']:,.0f} tok/s | {final['params'] / 1e6:.2f}M params"
+    )
+    say(f"checkpoint: {ckpt}\nmetrics: {run_dir / 'metrics.jsonl'}\nloss curve: {run_dir / 'loss.png'}")
+    say(f"sample:\n{sample}")
+    return {**final, "step": final["steps"], "checkpoint": str(ckpt), "sample": sample}
+
+
+def _n_params(abstract_state: dict) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(abstract_state["params"])))
+
+
+def _memory_plan(abstract_state: dict, compiled) -> str:
+    """Per-device bytes: parameters and optimizer state from their shardings, temporaries from the compiled step's
+    memory analysis (absent on backends that do not report one)."""
+    mib = 2**20
+    params = sharding.bytes_per_device(abstract_state["params"])
+    opt = sharding.bytes_per_device(abstract_state["opt_state"])
+    analysis = compiled.memory_analysis()
+    temps = f"{analysis.temp_size_in_bytes / mib:.1f} MiB" if analysis is not None else "not reported"
+    return f"per device: parameters {params / mib:.1f} MiB, optimizer state {opt / mib:.1f} MiB, temporaries {temps}"

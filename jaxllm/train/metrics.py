@@ -1,0 +1,81 @@
+"""The training log: metrics.jsonl, and a progress line per interval with loss, rate, MFU and ETA."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+
+import numpy as np
+
+
+class MetricsLog:
+    """metrics.jsonl (appended, so a resumed run continues it); written by process 0 only."""
+
+    def __init__(self, path: pathlib.Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Progress:
+    """Every log_every steps: reads the step's metrics (which waits for the device, so the interval's time is
+    real), writes a metrics record and prints a line. step_seconds_at_peak: a step's FLOPs over the peak FLOP/s."""
+
+    def __init__(
+        self, steps: int, tokens_per_step: int, step_seconds_at_peak: float, lr_at, log: MetricsLog, say, log_every: int
+    ):
+        self.steps, self.tokens_per_step, self.at_peak = steps, tokens_per_step, step_seconds_at_peak
+        self.lr_at, self.log, self.say, self.log_every = lr_at, log, say, log_every
+        self.start, self.n, self.rates = time.perf_counter(), 0, []
+
+    def step(self, done: int, metrics: dict) -> None:
+        self.n += 1
+        if done % self.log_every and done != self.steps:
+            return
+        loss = float(metrics["loss"])
+        elapsed = time.perf_counter() - self.start
+        rate = self.n * self.tokens_per_step / elapsed
+        self.rates.append(rate)
+        mfu = rate / self.tokens_per_step * self.at_peak
+        if not math.isfinite(loss):
+            raise RuntimeError(f"loss became {loss} at step {done}; lower optim.lr or check the data")
+        lr = float(self.lr_at(done - 1))
+        extra = {k: float(v) for k, v in metrics.items() if k not in ("loss", "grad_norm")}  # a stage's own
+        self.log.write(
+            {
+                "step": done,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": float(metrics["grad_norm"]),
+                "tokens_per_s": rate,
+                "mfu": mfu,
+                **extra,
+            }
+        )
+        eta = (self.steps - done) * self.tokens_per_step / rate
+        self.say(
+            f"step {done}/{self.steps} | loss {loss:.4f} | "
+            + "".join(f"{k} {v:.3f} | " for k, v in extra.items())
+            + f"lr {lr:.2e} | {rate:,.0f} tok/s | MFU {100 * mfu:.1f}% | ETA {format_eta(eta)}"
+        )
+        self.start, self.n = time.perf_counter(), 0
+
+    def resume_clock(self, done: int) -> None:
+        """Restarts the interval's clock after a logged step, so evaluation and checkpoint time are not counted."""
+        if done % self.log_every == 0:
+            self.start = time.perf_counter()
+
+    def steady_rate(self) -> float:
+        """The median rate over intervals, leaving out the first (it includes warm-up); NaN before any."""
+        rates = self.rates[1:] if len(self.rates) > 1 else self.rates
+        return float(np.median(rates)) if rates else float("nan")
