@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import pathlib
 import shutil
@@ -17,8 +19,11 @@ os.environ["XLA_FLAGS"] = " ".join(
     )
 )
 
+from flax import nnx  # noqa: E402
+
 from jaxllm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
 from jaxllm.data.sources import stdlib_root  # noqa: E402
+from jaxllm.model.transformer import Transformer, abstract_model  # noqa: E402
 
 pytest_plugins = ("tests.posttrain_fixtures",)  # one tiny base -> SFT -> DPO lineage for the whole session
 
@@ -30,6 +35,19 @@ KERNEL_SETS = ("reference", "xla_cpu")
 @pytest.fixture(params=KERNEL_SETS)
 def kernel_set(request) -> str:
     return request.param
+
+
+@functools.cache
+def _random_params(shape: ModelConfig, seed: int) -> nnx.State:
+    with nnx.use_eager_sharding(False):
+        return nnx.state(Transformer(shape, nnx.Rngs(seed)), nnx.Param)
+
+
+def random_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
+    """A randomly initialised model of cfg's shape, run by cfg's kernels and dtype. The parameters are made once
+    per shape and seed (eager initialisation compiles every op: slow) and shared, so tests must not change them."""
+    shape = dataclasses.replace(cfg, kernels="reference", compute_dtype="float32", remat="none", scan_layers=True)
+    return nnx.merge(nnx.graphdef(abstract_model(cfg)), _random_params(shape, seed))
 
 
 # Real, varied stdlib modules: code, docstrings, unicode, tabs.

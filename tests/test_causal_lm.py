@@ -5,12 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from jaxllm import sharding
 from jaxllm.config import Config, ModelConfig, OptimConfig, TrainConfig
-from jaxllm.model.transformer import Transformer
 from jaxllm.train import step
+from tests.conftest import random_model
 
 CFG = ModelConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=32, compute_dtype="float32")
 
@@ -20,8 +19,7 @@ def test_future_tokens_never_change_earlier_logits(family, kernel_set):
     cfg = ModelConfig(
         **{**CFG.__dict__, "family": family, "n_kv_head": 1 if family == "llama" else 0, "kernels": kernel_set}
     )
-    with nnx.use_eager_sharding(False):
-        model = Transformer(cfg, nnx.Rngs(0))
+    model = random_model(cfg)
     tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 256)
     changed = tokens.at[:, 10:].set((tokens[:, 10:] + 7) % 256)
     a, _ = model(tokens)

@@ -16,10 +16,9 @@ from jaxllm import hf as hf_command
 from jaxllm.cli import run_main
 from jaxllm.config import ConfigError, ModelConfig, replace
 from jaxllm.inference import generate
-from jaxllm.model.transformer import Transformer
 from jaxllm.train.checkpoint import load_run
 from jaxllm.train.loop import run
-from tests.conftest import tiny_config
+from tests.conftest import random_model, tiny_config
 
 CFG = ModelConfig(
     family="llama", vocab_size=64, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, compute_dtype="float32"
@@ -27,8 +26,7 @@ CFG = ModelConfig(
 
 
 def split_model(cfg: ModelConfig):
-    with nnx.use_eager_sharding(False):
-        return nnx.split(Transformer(cfg, nnx.Rngs(0)), nnx.Param)
+    return nnx.split(random_model(cfg), nnx.Param)
 
 
 def test_top_k_1_equals_greedy_whatever_the_temperature_and_seed():

@@ -19,8 +19,9 @@ from jaxllm import kernels, sharding
 from jaxllm.config import Config, ConfigError, ModelConfig, OptimConfig, TrainConfig
 from jaxllm.inference.generate import SamplingConfig, generate_tokens
 from jaxllm.kernels import names, probe, reference
-from jaxllm.model.transformer import REMAT_POLICIES, Transformer, abstract_model
+from jaxllm.model.transformer import REMAT_POLICIES, abstract_model
 from jaxllm.train import step
+from tests.conftest import random_model
 
 TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 0.03}
 FAST_SETS = [name for name in kernels.SETS if name != "reference"]
@@ -123,8 +124,7 @@ def with_kernels(cfg: ModelConfig, kernel_set: str, dtype: str) -> ModelConfig:
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_model_logits_and_gradients_equal_the_reference(fast, dtype, family):
     cfg = dataclasses.replace(CFG, family=family, tie_embeddings=family == "gpt2")
-    with nnx.use_eager_sharding(False):
-        graphdef, params = nnx.split(Transformer(with_kernels(cfg, "reference", dtype), nnx.Rngs(0)), nnx.Param)
+    params = nnx.state(random_model(with_kernels(cfg, "reference", dtype)), nnx.Param)
     tokens = jax.random.randint(jax.random.key(2), (2, 17), 0, cfg.vocab_size)
     results = []
     for kernel_set in ("reference", fast):
@@ -166,9 +166,7 @@ def test_training_losses_equal_the_reference_over_steps(fast):
 @pytest.mark.parametrize("fast", FAST_SETS)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_greedy_generations_equal_the_reference(fast, batch):
-    cfg = with_kernels(CFG, "reference", "float32")
-    with nnx.use_eager_sharding(False):
-        graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(0)), nnx.Param)
+    params = nnx.state(random_model(with_kernels(CFG, "reference", "float32")), nnx.Param)
     prompts = [[2, 5, 9, 11][: 2 + i] for i in range(batch)]
     sampling = SamplingConfig(max_new_tokens=20, temperature=0.0)
     tokens = {}

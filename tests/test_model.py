@@ -14,6 +14,7 @@ from flax import nnx
 from jaxllm.config import ModelConfig
 from jaxllm.inference.cache import decode_weights, init_cache
 from jaxllm.model.transformer import Transformer, gelu_tanh, rope
+from tests.conftest import random_model
 
 TINY = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32, compute_dtype="float32")
 FAMILIES = {
@@ -28,8 +29,7 @@ def family(name: str, kernel_set: str, **changes) -> ModelConfig:
 
 
 def build(cfg: ModelConfig, seed: int = 0) -> Transformer:
-    with nnx.use_eager_sharding(False):
-        return Transformer(cfg, nnx.Rngs(seed))
+    return random_model(cfg, seed)
 
 
 def tokens_for(cfg: ModelConfig, b: int, t: int, seed: int = 1) -> jax.Array:

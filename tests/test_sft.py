@@ -8,11 +8,10 @@ import pytest
 from flax import nnx
 
 from jaxllm.config import ConfigError, ModelConfig, PosttrainConfig, replace
-from jaxllm.model.transformer import Transformer
 from jaxllm.posttrain.common import start_config, step_indices
 from jaxllm.train import checkpoint, command
 from jaxllm.train.step import mean_loss as eager_mean_loss
-from tests.conftest import tiny_config
+from tests.conftest import random_model, tiny_config
 
 mean_loss = jax.jit(eager_mean_loss, static_argnums=1)  # op by op, the tiny model takes seconds a call
 TINY = ModelConfig(
@@ -21,8 +20,7 @@ TINY = ModelConfig(
 
 
 def tiny_params():
-    with nnx.use_eager_sharding(False):
-        graphdef, params = nnx.split(Transformer(TINY, nnx.Rngs(0)), nnx.Param)
+    graphdef, params = nnx.split(random_model(TINY), nnx.Param)
     return graphdef, nnx.to_pure_dict(params)
 
 

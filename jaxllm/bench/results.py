@@ -48,7 +48,7 @@ def provenance() -> dict:
         "machine": machine.describe(),
         "cpu_model": machine.cpu_model(),
         "cpu_flags": machine.cpu_flags(),
-        "device": f"{len(jax.devices())} x {device.platform} {device.device_kind}",
+        "device": f"{len(jax.devices())} x {device.device_kind}",
         "python": platform.python_version(),
         "versions": {p: v for p in PACKAGES if (v := _version(p)) is not None},
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -64,6 +64,7 @@ def default_path(command: str) -> pathlib.Path:
 def train_table(result: dict) -> str:
     lines = [
         f"model {result['model']}; chosen: {result['choice']}",
+        "",
         "| impl | kernels | compute | tokens/s | vs transformers f32 | MFU |",
         "|---|---|---|---:|---:|---:|",
     ]
@@ -80,7 +81,7 @@ def train_table(result: dict) -> str:
         )
     )
     lines.append(
-        "compile time of the train step: "
+        "\ncompile time of the train step: "
         + ", ".join(f"{r['n_layer']} layers {r['compile_s']:.1f} s" for r in result["compile"])
     )
     return "\n".join(lines)
@@ -90,6 +91,7 @@ def generate_table(result: dict) -> str:
     lines = [
         f"model {result['model']}; {result['prompt_tokens']} prompt tokens, {result['new_tokens']} new "
         f"(greedy); chosen: {result['choice']}",
+        "",
         "| impl | kernels | compute | batch | tokens/s | ms/step | vs transformers f32 |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
