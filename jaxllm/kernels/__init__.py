@@ -48,6 +48,8 @@ class Choice:
 
 def choose(m: ModelConfig, devices=None) -> Choice:
     """The kernel set and compute dtype for model config `m` on `devices` (default: all of this process's view)."""
+    if m.kernels not in KERNEL_CHOICES:  # before anything is measured
+        raise ConfigError(f"model.kernels={m.kernels!r}: use {', '.join(KERNEL_CHOICES)}")
     devices = jax.devices() if devices is None else devices
     platform, n = devices[0].platform, len(devices)
     kernels, kernels_why = m.kernels, "as configured"
@@ -70,8 +72,6 @@ def choose(m: ModelConfig, devices=None) -> Choice:
                 f"bf16 matmul {speedup:.2f}x float32 on this CPU: {peaks['bfloat16'] / 1e9:,.0f} against "
                 f"{peaks['float32'] / 1e9:,.0f} GFLOP/s"
             )
-    if kernels not in SETS:
-        raise ConfigError(f"model.kernels={m.kernels!r}: use {', '.join(KERNEL_CHOICES)}")
     return Choice(kernels, dtype, f"kernels {kernels} ({kernels_why}), compute {dtype} ({dtype_why})")
 
 
