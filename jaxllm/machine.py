@@ -12,6 +12,7 @@ import hashlib
 import os
 import pathlib
 import platform
+import time
 
 # the flags that decide which of XLA:CPU's kernels are fast, reported beside every figure
 NOTABLE_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "asimd", "sve")
@@ -59,3 +60,20 @@ def cache_dir() -> pathlib.Path:
     """$XDG_CACHE_HOME/jaxllm/<tag> (default ~/.cache/jaxllm/<tag>): safe to delete at any time."""
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return pathlib.Path(root) / "jaxllm" / tag()
+
+
+_IMPORTED_AT = time.time()
+
+
+@functools.cache
+def process_start() -> float:
+    """When this process started (seconds since the epoch), from /proc on Linux; elsewhere, when this module was
+    imported (it is imported first thing, so the two differ by the interpreter's start-up)."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rpartition(")")[2].split()  # the command name may contain spaces: skip past it
+        with open("/proc/stat") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in clock ticks
+    except (OSError, StopIteration, ValueError, IndexError):
+        return _IMPORTED_AT

@@ -4,11 +4,16 @@
     python -m jaxllm.plan --hours=24 --chips=256 --peak_tflops=459 --mfu=0.5   # time -> FLOPs first
     python -m jaxllm.plan --flops=3e14 --experiment=base                        # plus a concrete model of its family
     python -m jaxllm.plan --flops=1e21 --tokens_per_s=2e6 --json
+    python -m jaxllm.plan --budget=10m                                          # measured here: what 10 min buys
 
 Steps are counted at the experiment's tokens per step (train.batch_size x model.block_size; `--experiment`
 defaults to base, and `--train.batch_size=...` style overrides apply). Wall time needs a throughput: FLOP/s from
 --chips x --peak_tflops x --mfu, or tokens/s from --tokens_per_s. Not for: measuring a scaling law (that is
 `python -m jaxllm.scaling`).
+
+--budget=10m (or 90s, 2h) is different: it measures this machine and plans the experiment's run exactly as
+`python -m jaxllm.train --experiment=base --train.budget=10m` would (jaxllm.train.budget), by the law fitted for
+the experiment's setup, and prints that plan without training.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ import math
 import sys
 
 from jaxllm.cli import run_main
-from jaxllm.config import Config, ConfigError, parse_cli
+from jaxllm.config import Config, ConfigError, parse_cli, parse_duration, replace, validate
 from jaxllm.model.accounting import flops_per_token, param_count
-from jaxllm.scaling.laws import PLANNERS, human, positive_number, size_model, smallest_model
+from jaxllm.scaling.laws import MIN_LAYERS, PLANNERS, human, positive_number, size_model, smallest_model
 
-FLAGS = ("flops", "hours", "chips", "peak_tflops", "mfu", "tokens_per_s")
+FLAGS = ("flops", "hours", "chips", "peak_tflops", "mfu", "tokens_per_s", "budget")
 SWITCHES = ("json",)
 DEFAULT_MFU = 0.4  # a typical well-tuned large run; say --mfu to use your own
 
@@ -67,7 +72,7 @@ def sized_model(cfg: Config, planner, flops: float) -> dict:
         growth = math.log2(planner(2 * flops).n_params / plan.n_params)  # every method plans N ∝ C^growth
         raise ConfigError(
             f"{flops:.3g} FLOPs plans {human(plan.n_params)} parameters ({plan.method}) but the smallest "
-            f"{cfg.name} model (1 layer, width {smallest_model(cfg.model).n_embd}) has {human(smallest)}: "
+            f"{cfg.name} model ({MIN_LAYERS} layers, width {smallest_model(cfg.model).n_embd}) has {human(smallest)}: "
             f"raise the budget to at least {flops * (smallest / plan.n_params) ** (1 / growth):.2g} FLOPs"
         )
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size
@@ -159,8 +164,24 @@ def print_table(result: dict) -> None:
 
 def main(argv: list[str]) -> int:
     cfg, flags = parse_cli(argv, allowed_flags=FLAGS, switches=SWITCHES)
+    as_json = flags.get("json", "false").lower() in ("1", "true", "yes", "on")
+    if "budget" in flags:
+        others = [f"--{f}" for f in FLAGS if f in flags and f != "budget"]
+        if others:
+            raise ConfigError(f"--budget plans with this machine's measured speed: drop {', '.join(others)}")
+        parse_duration(flags["budget"], "--budget")
+        cfg = validate(replace(cfg, train=replace(cfg.train, budget=flags["budget"], budget_flops=0.0)))
+        from jaxllm.train.budget import plan_here  # noqa: PLC0415 (JAX and a measurement: --budget only)
+
+        result = plan_here(cfg, (lambda *a, **k: None) if as_json else print)
+        if as_json:
+            print(json.dumps(result, indent=2))
+        else:
+            name = flags.get("experiment", "base")
+            print(f"train it: python -m jaxllm.train --experiment={name} --train.budget={flags['budget']}")
+        return 0
     result = report(flags, cfg, sized="experiment" in flags)
-    if flags.get("json", "false").lower() in ("1", "true", "yes", "on"):
+    if as_json:
         print(json.dumps(result, indent=2))
     else:
         print_table(result)

@@ -25,8 +25,13 @@ def plot_loss(metrics_path: pathlib.Path, out: pathlib.Path) -> None:
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
+    save_figure(fig, out)
+
+
+def save_figure(fig, out: pathlib.Path) -> None:
+    """Writes fig to out (PNG) whole or not at all, and closes it."""
     fig.tight_layout()
-    tmp = out.with_name(out.name + ".tmp.png")
+    tmp = out.with_name(out.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(out)

@@ -35,7 +35,7 @@ def test_hours_become_flops_and_wall_time(capsys):
 def test_tokens_per_s_gives_each_method_its_own_wall_time(capsys):
     rows = plan_json(capsys, "--flops=1e21", "--tokens_per_s=1e6", "--train.batch_size=512")["methods"]
     assert [row["wall_s"] for row in rows] == pytest.approx([row["tokens"] / 1e6 for row in rows])
-    assert rows[0]["steps"] == pytest.approx(rows[0]["tokens"] / (512 * 256), abs=1)
+    assert rows[0]["steps"] == pytest.approx(rows[0]["tokens"] / (512 * 128), abs=1)
 
 
 def test_experiment_gets_overrides_that_build_the_planned_size(capsys):

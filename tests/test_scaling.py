@@ -1,5 +1,6 @@
 """Accounting, planner methods, sizing and fitting in jaxllm.scaling and jaxllm.scaling.fit."""
 
+import json
 import math
 
 import numpy as np
@@ -8,7 +9,9 @@ import pytest
 from jaxllm.config import Config, ModelConfig, TrainConfig
 from jaxllm.model.accounting import flops_per_token, param_count
 from jaxllm.model.transformer import count_params
-from jaxllm.scaling.fit import fit_loss_law, isoflop_minimum, power_law
+from jaxllm.scaling import sweep as scaling_sweep
+from jaxllm.scaling.budget import find_law, setup_key
+from jaxllm.scaling.fit import bootstrap_loss_law, fit_loss_law, isoflop_minimum, power_law
 from jaxllm.scaling.laws import BESIROGLU_2024, HOFFMANN_2022, LossLaw, rule_of_20, size_model, smallest_model
 from jaxllm.scaling.sweep import sweep
 
@@ -135,7 +138,21 @@ def test_loss_law_fit_recovers_known_parameters_through_noise():
     assert fit.E == pytest.approx(law.E, abs=0.05)
 
 
-def test_sweep_fits_plots_and_reuses_finished_runs(tmp_path):
+def test_loss_law_bootstrap_intervals_hold_the_truth():
+    law = LossLaw(E=1.8, A=400.0, B=2000.0, alpha=0.35, beta=0.37)
+    rows = _synthetic_sweep(law, [1e17, 1e18, 1e19, 1e20], span=8.0)
+    noisy = rows[:, 3] * np.exp(np.random.default_rng(1).normal(0, 0.005, len(rows)))
+    fit = fit_loss_law(rows[:, 1], rows[:, 2], noisy)
+    ci = bootstrap_loss_law(rows[:, 1], rows[:, 2], noisy, fit, resamples=40)
+    assert ci["resamples"] >= 20
+    for key, true in (("alpha", law.alpha), ("beta", law.beta), ("params_exponent", 0.37 / 0.72)):
+        low, high = ci[key]
+        assert low < true < high and high - low < 0.3, (key, low, high)
+
+
+def test_sweep_fits_plots_and_reuses_finished_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(scaling_sweep, "BOOTSTRAP_RESAMPLES", 20)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
     calls = []
 
@@ -152,14 +169,21 @@ def test_sweep_fits_plots_and_reuses_finished_runs(tmp_path):
         model=ModelConfig(vocab_size=512, block_size=64, n_layer=2, n_head=2, n_embd=64),
         train=TrainConfig(batch_size=4),
     )
-    summary = sweep(cfg, [2e12, 2e13, 2e14], 5, 4.0, tmp_path, fake_train)
-    assert len(calls) == len(summary["runs"]) >= 9
+    assert sweep(cfg, [2e12, 2e13, 2e14], 5, 4.0, tmp_path, fake_train, part=(1, 2)) is None  # half the grid
+    half = len(calls)
+    summary = sweep(cfg, [2e12, 2e13, 2e14], 5, 4.0, tmp_path, fake_train, part=(2, 2))
+    assert len(calls) == len(summary["runs"]) >= 9 and 0 < half < len(calls)
     assert all(run.train.eval_every == run.train.steps for run in calls)
     assert {"isoflop.png", "optimal.png", "scaling.json"} <= {p.name for p in tmp_path.iterdir()}
     fits = summary["fits"]
     assert all(p["inside_grid"] for p in fits["isoflop"])
     assert fits["params_law"]["exponent"] == pytest.approx(0.51, abs=0.1)  # Epoch AI: beta / (alpha + beta)
     assert fits["loss_law"]["alpha"] == pytest.approx(BESIROGLU_2024.alpha, abs=0.01)
+    low, high = fits["loss_law"]["interval_95"]["alpha"]
+    assert low <= fits["loss_law"]["alpha"] <= high
+    law = json.loads((tmp_path / "law.json").read_text())
+    assert law["setup_key"] == setup_key(cfg) == summary["setup_key"] and law["loss_law"] == fits["loss_law"]
+    assert find_law(cfg).law.alpha == fits["loss_law"]["alpha"]  # the planner finds it in this machine's cache
 
     calls.clear()
     assert sweep(cfg, [2e12, 2e13, 2e14], 5, 4.0, tmp_path, fake_train)["runs"] == summary["runs"]

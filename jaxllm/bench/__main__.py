@@ -3,6 +3,7 @@
   python -m jaxllm.bench train --compare=hf [--experiment=base --model.*=...] [--steps=5] [--rounds=3] [--out=F.json]
   python -m jaxllm.bench generate --compare=hf [--experiment=base ...] [--new_tokens=64] [--rounds=3] [--out=F.json]
   python -m jaxllm.bench speedrun --data=PATH/tinyshakespeare.txt [--target=1.88]
+  python -m jaxllm.bench budget [--budget=10m] [--fixed=base_fixed|none]   # planned vs fixed vs compressors
 
 Each prints its table, with the kernels and dtype `auto` chose here and why, and writes its result as JSON with
 the machine, versions, date and commit (default benchmarks/results/<command>-<machine>.json, which also
@@ -19,11 +20,12 @@ import jax
 
 from jaxllm import machine
 from jaxllm.bench import results, runs
+from jaxllm.bench.budget import bench_budget
 from jaxllm.cli import run_main
 from jaxllm.config import ConfigError, parse_cli
 
-FLAGS = ("compare", "steps", "warmup", "rounds", "out", "new_tokens", "data", "target")
-COMMANDS = ("train", "generate", "speedrun")
+FLAGS = ("compare", "steps", "warmup", "rounds", "out", "new_tokens", "data", "target", "budget", "fixed")
+COMMANDS = ("train", "generate", "speedrun", "budget")
 
 
 def main(argv: list[str]) -> int:
@@ -31,11 +33,18 @@ def main(argv: list[str]) -> int:
     os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     jax.config.update("jax_enable_compilation_cache", False)
     if not argv or argv[0] not in COMMANDS:
-        raise ConfigError("usage: python -m jaxllm.bench {train,generate,speedrun} [--compare=hf] [--key=value ...]")
+        raise ConfigError(
+            "usage: python -m jaxllm.bench {train,generate,speedrun,budget} [--compare=hf] [--key=value ...]"
+        )
     command, argv = argv[0], argv[1:]
     cfg, flags = parse_cli(argv, allowed_flags=FLAGS)
     out = pathlib.Path(flags["out"]) if flags.get("out") else results.default_path(command)
-    if command == "speedrun":
+    if command == "budget":
+        overrides = [a for a in argv if "." in a.partition("=")[0]]  # passed on to both training runs
+        result = bench_budget(
+            flags.get("budget", "10m"), flags.get("fixed", "base_fixed"), pathlib.Path("runs/bench/budget"), overrides
+        )
+    elif command == "speedrun":
         data = pathlib.Path(flags.get("data", "../shared/data/tinyshakespeare.txt"))
         result = runs.speedrun(data, float(flags.get("target", 1.88)), pathlib.Path("runs/bench/speedrun_run"))
     else:

@@ -17,6 +17,7 @@ import subprocess
 import jax
 
 from jaxllm import machine
+from jaxllm.bench.budget import budget_table
 
 RESULTS = pathlib.Path("benchmarks/results")
 TABLE = pathlib.Path("benchmarks/README.md")
@@ -114,7 +115,7 @@ def speedrun_table(result: dict) -> str:
     )
 
 
-TABLES = {"train": train_table, "generate": generate_table, "speedrun": speedrun_table}
+TABLES = {"train": train_table, "generate": generate_table, "speedrun": speedrun_table, "budget": budget_table}
 
 
 def write(command: str, result: dict, out: pathlib.Path) -> None:

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -111,6 +112,11 @@ class TrainConfig:
     sample_tokens: int = 80
     compile_only: bool = False
     init_from: str = ""  # starting parameters (fine-tuning): 'hf:DIR' (Hugging Face) or a run directory (latest)
+    # A budget replaces steps and the model's size with a plan made on the machine found (jaxllm.train.budget):
+    # wall time from process start to the final evaluation ('10m', '90s', '2h', '1h30m'), or training FLOPs.
+    budget: str = ""
+    budget_flops: float = 0.0
+    law: str = ""  # the planner's L(N, D): a sweep's scaling.json; '' = the law fitted for this setup, if any
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,20 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str, flag: str = "--train.budget") -> float:
+    """'10m' -> 600.0, '1h30m' -> 5400.0, '90s' -> 90.0; raises ConfigError on anything else."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(min|s|m|h)", text.strip())
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*(min|s|m|h)", "", text.strip()).strip():
+        raise ConfigError(f"{flag}={text!r}: write a duration such as 10m, 90s, 2h or 1h30m")
+    seconds = sum(float(n) * DURATION_UNITS[unit] for n, unit in parts)
+    if seconds <= 0:
+        raise ConfigError(f"{flag}={text!r}: the budget must be longer than 0 s")
+    return seconds
 
 
 def validate(cfg: Config) -> Config:
@@ -214,9 +234,18 @@ def validate(cfg: Config) -> Config:
             "mesh.data, mesh.fsdp and mesh.tensor must each be a positive size or -1",
         ),
     ]
+    checks.append(
+        (
+            not (t.budget and t.budget_flops),
+            f"--train.budget={t.budget} and --train.budget_flops={t.budget_flops:g}: give one budget, not both",
+        )
+    )
+    checks.append((t.budget_flops >= 0, f"train.budget_flops={t.budget_flops:g}: must be positive (0: no budget)"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    if t.budget:
+        parse_duration(t.budget)
     return cfg
 
 

@@ -86,27 +86,108 @@ def _bfgs(fun, x: np.ndarray, iters: int = 2000) -> tuple[np.ndarray, float]:
     return x, value
 
 
-def fit_loss_law(n_params, n_tokens, loss, delta: float = 1e-3, starts: int = 4) -> LossLaw:
-    """Fits L(N, D) = E + A/N^alpha + B/D^beta by Huber loss on log values (Hoffmann et al. 2022, Approach 3).
+# Hoffmann et al. 2022, appendix D.2: L-BFGS from every point of this grid of (alpha, beta, e, a, b)
+HOFFMANN_GRID = (
+    np.arange(0, 2.01, 0.5),  # alpha
+    np.arange(0, 2.01, 0.5),  # beta
+    np.arange(-1, 1.01, 0.5),  # e = ln E
+    np.arange(0, 25.01, 5),  # a = ln A
+    np.arange(0, 25.01, 5),  # b = ln B
+)
 
-    Hoffmann et al. run L-BFGS from a grid of starts; here the starts come cheaper: for fixed (alpha, beta) the law
-    is linear in (E, A, B), so least squares over a grid of exponents gives the `starts` best positive (E, A, B),
-    and BFGS refines all five parameters from each."""
+
+def _grid_values(log_n, log_d, log_loss, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """The objective at every point of HOFFMANN_GRID, vectorised: (points as rows of theta, values)."""
+    alpha, beta, e, a, b = (g.ravel() for g in np.meshgrid(*HOFFMANN_GRID, indexing="ij"))
+    theta = np.stack([a, b, e, alpha, beta], axis=1)
+    terms = np.stack(
+        [a[:, None] - alpha[:, None] * log_n, b[:, None] - beta[:, None] * log_d, np.repeat(e[:, None], len(log_n), 1)]
+    )
+    lse = np.logaddexp(np.logaddexp(terms[0], terms[1]), terms[2])
+    return theta, _huber(lse - log_loss, delta)[0].sum(axis=1)
+
+
+def fit_loss_law(
+    n_params, n_tokens, loss, delta: float = 1e-3, starts: int = 8, init=None, iters: int = 2000
+) -> LossLaw:
+    """Fits L(N, D) = E + A/N^alpha + B/D^beta by Huber loss (delta 1e-3) on log losses, Hoffmann et al. 2022's
+    Approach 3 as they ran it: from the grid of starts of their appendix D.2 (the `starts` best of its 4,500
+    points by the objective, since a local search from the others ends in the same basins), each refined by a
+    quasi-Newton search; the best wins. (They use L-BFGS; with five parameters full BFGS is as cheap and steadier.)
+    init: extra starting LossLaws (the bootstrap starts from the full fit)."""
     log_n, log_d, log_loss = (np.log(np.asarray(v, dtype=np.float64)) for v in (n_params, n_tokens, loss))
-    loss = np.exp(log_loss)
-    candidates = []
-    for alpha in np.linspace(0.05, 1.5, 30):
-        for beta in np.linspace(0.05, 1.5, 30):
-            design = np.stack([np.ones_like(log_n), np.exp(-alpha * log_n), np.exp(-beta * log_d)], axis=1)
-            coef = np.linalg.lstsq(design, loss, rcond=None)[0]  # (E, A, B)
-            if np.all(coef > 0):
-                theta = np.array([np.log(coef[1]), np.log(coef[2]), np.log(coef[0]), alpha, beta])
-                candidates.append((_objective(theta, log_n, log_d, log_loss, delta)[0], tuple(theta)))
-    if not candidates:
-        raise ValueError("no positive E, A, B fits these losses: they do not fall with both N and D")
-    fits = [
-        _bfgs(lambda t: _objective(t, log_n, log_d, log_loss, delta), np.array(theta))
-        for _, theta in sorted(candidates)[:starts]
-    ]
+    grid, values = _grid_values(log_n, log_d, log_loss, delta)
+    points = [grid[i] for i in np.argsort(values)[:starts]]
+    points += [np.array([np.log(w.A), np.log(w.B), np.log(w.E), w.alpha, w.beta]) for w in (init or [])]
+    fits = [_bfgs(lambda t: _objective(t, log_n, log_d, log_loss, delta), p.copy(), iters) for p in points]
     a, b, e, alpha, beta = min(fits, key=lambda fit: fit[1])[0]
+    if not (alpha > 0 and beta > 0):
+        raise ValueError(
+            f"the fit's exponents (alpha {alpha:.3g}, beta {beta:.3g}) are not both positive: the losses "
+            "do not fall with both N and D"
+        )
     return LossLaw(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=float(alpha), beta=float(beta))
+
+
+def law_exponents(law: LossLaw) -> dict:
+    """The law's parameters with the compute-optimal exponents it implies: N_opt ∝ C^a, D_opt ∝ C^b."""
+    return {
+        "E": law.E,
+        "A": law.A,
+        "B": law.B,
+        "alpha": law.alpha,
+        "beta": law.beta,
+        "params_exponent": law.beta / (law.alpha + law.beta),
+        "tokens_exponent": law.alpha / (law.alpha + law.beta),
+    }
+
+
+def bootstrap_loss_law(n_params, n_tokens, loss, law: LossLaw, resamples: int = 200, seed: int = 0) -> dict:
+    """95% intervals (2.5th and 97.5th percentiles) of the law's parameters and exponents over fits to runs drawn
+    with replacement, each started from the full fit and the best grid points."""
+    n_params, n_tokens, loss = (np.asarray(v, dtype=np.float64) for v in (n_params, n_tokens, loss))
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        pick = rng.integers(0, len(loss), len(loss))
+        try:
+            fit = fit_loss_law(n_params[pick], n_tokens[pick], loss[pick], starts=2, init=[law], iters=200)
+            draws.append(law_exponents(fit))
+        except ValueError:
+            continue  # a resample without both trends: it has no law to count
+    return _intervals(draws, resamples)
+
+
+def bootstrap_isoflop(
+    profiles: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]], resamples: int = 200, seed: int = 0
+) -> dict:
+    """95% intervals of Approach 2's exponents (N_opt ∝ C^a, D_opt ∝ C^b) by a residual bootstrap: each budget's
+    (budget, N, D, loss) profile keeps its sizes, and the residuals of its parabola are drawn with replacement
+    onto the fitted losses (resampling the runs themselves leaves most draws of 5 sizes with fewer than 3)."""
+    rng = np.random.default_rng(seed)
+    fitted = []
+    for budget, n, d, loss in profiles:
+        for x in (np.log(n), np.log(d)):
+            coeffs = np.polyfit(x, loss, 2)
+            fitted.append((budget, x, np.polyval(coeffs, x), loss - np.polyval(coeffs, x)))
+    draws = []
+    for _ in range(resamples):
+        minima = []
+        try:
+            for budget, x, smooth, residual in fitted:
+                minima.append((budget, isoflop_minimum(x, smooth + rng.choice(residual, len(residual)))[0]))
+        except ValueError:
+            continue  # a draw whose profile does not curve upwards has no minimum to count
+        c = np.array([m[0] for m in minima[::2]])
+        n_opt, d_opt = np.exp([m[1] for m in minima[::2]]), np.exp([m[1] for m in minima[1::2]])
+        draws.append({"params_exponent": power_law(c, n_opt)[0], "tokens_exponent": power_law(c, d_opt)[0]})
+    return _intervals(draws, resamples)
+
+
+def _intervals(draws: list[dict], resamples: int) -> dict:
+    if len(draws) < resamples / 2:
+        return {"error": f"only {len(draws)} of {resamples} resamples could be fitted"}
+    return {
+        key: [float(np.percentile([d[key] for d in draws], 2.5)), float(np.percentile([d[key] for d in draws], 97.5))]
+        for key in draws[0]
+    } | {"resamples": len(draws)}

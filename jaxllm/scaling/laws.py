@@ -94,6 +94,10 @@ PLANNERS = (
 # Sizing: the shape of a family nearest a planned N
 
 MAX_LAYERS = 256
+# One-layer transformers cannot form induction heads (Olsson et al. 2022, "In-context learning and induction
+# heads"); in base's IsoFLOP sweep (2e11-7e12 FLOPs) they sat off the multi-layer models' curve by up to 9%, so
+# one L(N, D) could not fit both. The family starts at two layers.
+MIN_LAYERS = 2
 ASPECT_BAND = 4.0  # widths per layer allowed: within this factor of the experiment's own n_embd / n_layer
 # Kaplan et al. 2020 (figure 5) find loss changes by a few percent at most over a 40x range of aspect ratio, so
 # matching N comes first; this weight only breaks near-ties in favour of the experiment's own proportions.
@@ -115,7 +119,7 @@ def _with_shape(m: ModelConfig, n_layer: int, n_head: int) -> ModelConfig:
 
 
 def smallest_model(m: ModelConfig) -> ModelConfig:
-    return _with_shape(m, 1, m.n_head // m.kv_heads)
+    return _with_shape(m, MIN_LAYERS, m.n_head // m.kv_heads)
 
 
 def size_model(m: ModelConfig, n_target: float) -> ModelConfig:
@@ -131,7 +135,7 @@ def size_model(m: ModelConfig, n_target: float) -> ModelConfig:
         )
 
     best = smallest_model(m)
-    for n_layer in range(1, MAX_LAYERS + 1):
+    for n_layer in range(MIN_LAYERS, MAX_LAYERS + 1):
         lo = max(1, math.ceil(aspect_ref * n_layer / ASPECT_BAND / m.head_dim / group))  # in units of group heads
         hi = max(lo, math.floor(aspect_ref * n_layer * ASPECT_BAND / m.head_dim / group))
         if param_count(_with_shape(m, n_layer, lo * group)).total > 4 * n_target:

@@ -4,6 +4,7 @@
     python -m jaxllm.scaling                                                     # the default sweep
     python -m jaxllm.scaling --experiment=base --budgets=1e14,3e14,1e15 --sizes=5
     python -m jaxllm.scaling --dry_run                                           # the grid only, nothing trained
+    python -m jaxllm.scaling --part=1/2   # and --part=2/2 elsewhere, on a shared OUT: the grid in two parts
 
 The experiment defaults to `scaling` (experiments/scaling.py: a 512-token vocabulary, 128-token context, 8
 sequences a step), sized so that CPU budgets of 2e11-2e12 FLOPs give every model hundreds to thousands of steps and
@@ -12,8 +13,10 @@ the IsoFLOP profiles have their minima inside the grid; see that file for the pi
 For each budget C (FLOPs), `--sizes` models of the experiment's family are spread log-evenly over `--span` times
 either side of the rule-of-20 size (moved up to start at the family's smallest model when it would fall below it;
 models that would get fewer than MIN_STEPS steps are left out); each trains for C / (FLOPs per token) tokens with
-the real training code, and its final validation loss is recorded. Writes OUT/scaling.json and OUT/isoflop.png,
-OUT/optimal.png. A run whose result is already in OUT is reused, so an interrupted sweep picks up where it stopped.
+the real training code, and its final validation loss is recorded. Writes OUT/scaling.json, OUT/isoflop.png,
+OUT/optimal.png and OUT/law.json, the law a budgeted run of the same setup plans with (also kept in
+jaxllm.machine.cache_dir()/laws/<setup key>.json, where jaxllm.scaling.budget.find_law looks). A run whose result is
+already in OUT is reused, so an interrupted sweep picks up where it stopped, and parts run apart fit together.
 Not for: planning a single run (`python -m jaxllm.plan`).
 
 N is the total parameter count, embeddings included (Hoffmann et al.; Kaplan et al. 2020 leave them out), the
@@ -37,21 +40,39 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.ticker import FuncFormatter
 
+from jaxllm import machine
 from jaxllm.config import Config, ConfigError, parse_cli
 from jaxllm.model.accounting import flops_per_token, param_count
-from jaxllm.plots import plt
-from jaxllm.scaling.fit import fit_loss_law, isoflop_minimum, power_law
-from jaxllm.scaling.laws import human, positive_number, rule_of_20, size_model, smallest_model
+from jaxllm.plots import plt, save_figure
+from jaxllm.scaling.budget import setup_key
+from jaxllm.scaling.fit import (
+    bootstrap_isoflop,
+    bootstrap_loss_law,
+    fit_loss_law,
+    isoflop_minimum,
+    law_exponents,
+    power_law,
+)
+from jaxllm.scaling.laws import (
+    BESIROGLU_2024,
+    HOFFMANN_2022,
+    human,
+    positive_number,
+    rule_of_20,
+    size_model,
+    smallest_model,
+)
 from jaxllm.train.loop import run as train_run
 
-FLAGS = ("budgets", "sizes", "span", "out")
+FLAGS = ("budgets", "sizes", "span", "out", "part")
 SWITCHES = ("dry_run",)
 DEFAULT_EXPERIMENT = "scaling"
-# 20 runs of experiments/scaling.py, 1.85e13 FLOPs in all; every budget's profile had its minimum inside its sizes.
-# The sweep prints its own rate and time left as it goes (--dry_run lists the grid first).
-DEFAULT_BUDGETS = "2e11,5e11,1e12,2e12"
+# 20 runs of experiments/scaling.py over 35x of compute, 4.9e13 FLOPs in all. The sweep prints its own rate and
+# time left as it goes (--dry_run lists the grid first).
+DEFAULT_BUDGETS = "2e11,6e11,2e12,7e12"
 DEFAULT_SIZES = 5
 DEFAULT_SPAN = 4.0
+BOOTSTRAP_RESAMPLES = 200  # per fit: the 95% intervals of the exponents
 MIN_STEPS = 30  # fewer steps than this and the cosine schedule, not the model size, decides the loss
 
 
@@ -103,7 +124,9 @@ def grid(cfg: Config, budgets: list[float], sizes: int, span: float) -> list[Run
         for model in models:
             steps = _steps_for(cfg, model, budget)
             optim = dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, steps // 10))
-            train = dataclasses.replace(cfg.train, steps=steps, eval_every=steps, checkpoint_every=steps)
+            train = dataclasses.replace(
+                cfg.train, steps=steps, eval_every=steps, checkpoint_every=steps, budget="", budget_flops=0.0
+            )
             runs.append(Run(budget, dataclasses.replace(cfg, model=model, optim=optim, train=train)))
     return runs
 
@@ -166,7 +189,7 @@ def execute(runs: list[Run], out: pathlib.Path, train) -> list[dict]:
     return records
 
 
-def fit(records: list[dict], n_key: str = "params") -> dict:
+def fit(records: list[dict], n_key: str = "params", intervals: bool = True) -> dict:
     """IsoFLOP minima per budget, power laws N_opt ∝ C^a and D_opt ∝ C^b over the minima inside their sizes, and
     L(N, D) over all runs, with N the records' n_key ('params' or 'non_embedding_params').
     A fit the data cannot support is recorded with its reason instead of its numbers."""
@@ -201,17 +224,27 @@ def fit(records: list[dict], n_key: str = "params") -> dict:
         result["params_law"] = result["tokens_law"] = {
             "error": f"{len(good)} budget(s) with a minimum inside their sizes; need 2"
         }
+    runs = [np.array([r[k] for r in records], dtype=float) for k in (n_key, "tokens", "val_loss")]
     try:
-        law = fit_loss_law(
-            [r[n_key] for r in records], [r["tokens"] for r in records], [r["val_loss"] for r in records]
-        )
-        result["loss_law"] = {
-            **dataclasses.asdict(law),
-            "params_exponent": law.beta / (law.alpha + law.beta),
-            "tokens_exponent": law.alpha / (law.alpha + law.beta),
-        }
+        law = fit_loss_law(*runs)
+        result["loss_law"] = law_exponents(law)
+        if intervals:
+            result["loss_law"]["interval_95"] = bootstrap_loss_law(*runs, law, BOOTSTRAP_RESAMPLES)
     except ValueError as e:
         result["loss_law"] = {"error": str(e)}
+    if "exponent" in result["params_law"] and intervals:
+        result["params_law"]["interval_95"] = bootstrap_isoflop(
+            [
+                (
+                    b,
+                    *(
+                        np.array([r[k] for r in records if r["budget"] == b], dtype=float)
+                        for k in (n_key, "tokens", "val_loss")
+                    ),
+                )
+                for b in sorted({p["budget"] for p in good})
+            ]
+        )
     return result
 
 
@@ -234,7 +267,7 @@ def plot(records: list[dict], fits: dict, out: pathlib.Path) -> None:
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper left", bbox_to_anchor=(1, 1))  # outside: the profiles fill every corner
-    _save(fig, out / "isoflop.png")
+    save_figure(fig, out / "isoflop.png")
 
     good = [p for p in fits["isoflop"] if "n_opt" in p and p["inside_grid"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -261,25 +294,35 @@ def plot(records: list[dict], fits: dict, out: pathlib.Path) -> None:
         ax.set(xscale="log", yscale="log")
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-    _save(fig, out / "optimal.png")
+    save_figure(fig, out / "optimal.png")
 
 
-def _save(fig, path: pathlib.Path) -> None:
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def sweep(cfg: Config, budgets: list[float], sizes: int, span: float, out: pathlib.Path, train) -> dict:
+def sweep(
+    cfg: Config, budgets: list[float], sizes: int, span: float, out: pathlib.Path, train, part: tuple[int, int] = (1, 1)
+) -> dict | None:
+    """Runs the grid (or part i of n of it: every n-th run from the i-th), then, once every run of the grid has its
+    result in out, fits, plots and saves the law; returns the summary, or None while parts are missing."""
     out.mkdir(parents=True, exist_ok=True)
-    records = execute(grid(cfg, budgets, sizes, span), out, train)
+    runs = grid(cfg, budgets, sizes, span)
+    index, parts = part
+    execute(runs[index - 1 :: parts], out, train)
+    missing = [run for run in runs if not (out / run.name / "scaling_result.json").is_file()]
+    if missing:
+        print(
+            f"part {index}/{parts} done; {len(runs) - len(missing)} of {len(runs)} runs finished in {out}: run the "
+            "other parts (same flags, --part=i/n) to fit"
+        )
+        return None
+    records = execute(runs, out, train)  # every result is on disk by now: this only reads them
     fits = fit(records)
     # Kaplan et al.'s N beside Hoffmann et al.'s: at this scale the two give different exponents
-    fits_non_embedding = fit(records, "non_embedding_params")
+    fits_non_embedding = fit(records, "non_embedding_params", intervals=False)
+    key = setup_key(cfg)
     summary = {
         "experiment": cfg.name,
+        "setup_key": key,
+        "machine": machine.describe(),
+        "date": time.strftime("%Y-%m-%d"),
         "budgets": budgets,
         "sizes": sizes,
         "span": span,
@@ -293,11 +336,28 @@ def sweep(cfg: Config, budgets: list[float], sizes: int, span: float, out: pathl
         "fits_non_embedding": fits_non_embedding,
         "runs": records,
     }
-    tmp = out / "scaling.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "scaling.json")
+    _write(out / "scaling.json", summary)
+    if "E" in fits["loss_law"]:  # the planner's law for this setup (jaxllm.scaling.budget.find_law looks it up)
+        law = {k: summary[k] for k in ("experiment", "setup_key", "machine", "date")} | {
+            "loss_law": fits["loss_law"],
+            "runs": len(records),
+            "budgets": budgets,
+            "sweep": str(out),
+        }
+        _write(out / "law.json", law)
+        try:
+            _write(machine.cache_dir() / "laws" / f"{key}.json", law)
+        except OSError:
+            pass  # the law is still in out/law.json, and --train.law=out reads it
     plot(records, fits, out)
     return summary
+
+
+def _write(path: pathlib.Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def _print_fits(summary: dict, out: pathlib.Path) -> None:
@@ -315,17 +375,31 @@ def _print_fits(summary: dict, out: pathlib.Path) -> None:
     for key, name in (("params_law", "N_opt"), ("tokens_law", "D_opt")):
         law = fits[key]
         print(f"{name} ∝ C^{law['exponent']:.3f}" if "exponent" in law else f"{name}: {law['error']}")
+    interval = fits["params_law"].get("interval_95", {})
+    if "params_exponent" in interval:
+        low, high = interval["params_exponent"]
+        print(f"  Approach 2, 95% bootstrap interval of the N_opt exponent: [{low:.3f}, {high:.3f}]")
     law = fits["loss_law"]
-    print(
-        f"L(N, D) = {law['E']:.3f} + {law['A']:.4g}/N^{law['alpha']:.3f} + {law['B']:.4g}/D^{law['beta']:.3f} "
-        f"(N_opt ∝ C^{law['params_exponent']:.3f})"
-        if "E" in law
-        else f"L(N, D): {law['error']}"
-    )
+    if "E" in law:
+        print(
+            f"L(N, D) = {law['E']:.3f} + {law['A']:.4g}/N^{law['alpha']:.3f} + {law['B']:.4g}/D^{law['beta']:.3f}"
+            f" (Approach 3: Huber on log loss from Hoffmann et al.'s grid of starts)"
+        )
+        ci = law["interval_95"]
+        for name, label in (("alpha", "alpha"), ("beta", "beta"), ("params_exponent", "N_opt exponent a")):
+            bounds = f" [{ci[name][0]:.3f}, {ci[name][1]:.3f}]" if name in ci else ""
+            print(f"  {label} = {law[name]:.3f}{bounds}")
+        print(
+            f"  beside: Hoffmann et al. 2022 a = {HOFFMANN_2022.beta / (HOFFMANN_2022.alpha + HOFFMANN_2022.beta):.2f}"
+            f" (Approach 3; about 0.50 by Approaches 1 and 2), Besiroglu et al. 2024 (Epoch AI) re-fit a = "
+            f"{BESIROGLU_2024.beta / (BESIROGLU_2024.alpha + BESIROGLU_2024.beta):.2f}"
+        )
+    else:
+        print(f"L(N, D): {law['error']}")
     kaplan = summary["fits_non_embedding"]["params_law"]
     if "exponent" in kaplan:
         print(f"with N the non-embedding parameters (Kaplan et al.): N_opt ∝ C^{kaplan['exponent']:.3f}")
-    print(f"wrote {out / 'scaling.json'}, {out / 'isoflop.png'}, {out / 'optimal.png'}")
+    print(f"wrote {out / 'scaling.json'}, {out / 'law.json'}, {out / 'isoflop.png'}, {out / 'optimal.png'}")
 
 
 def main(argv: list[str]) -> int:
@@ -343,6 +417,7 @@ def main(argv: list[str]) -> int:
         raise ConfigError(f"--span={flags['span']}: the sizes reach span times either side of the center; use > 1")
     if len(set(budgets)) != len(budgets):
         raise ConfigError(f"--budgets={flags['budgets']} repeats a budget: list each once")
+    part = _part(flags.get("part", "1/1"))
     out = pathlib.Path(flags.get("out") or f"runs/scaling/{cfg.name}")
     if flags.get("dry_run", "false").lower() in ("1", "true", "yes", "on"):
         runs = grid(cfg, budgets, int(sizes), span)
@@ -355,6 +430,14 @@ def main(argv: list[str]) -> int:
         print(f"{len(runs)} runs, {sum(r.flops for r in runs):.3g} FLOPs of training in all")
         return 0
 
-    summary = sweep(cfg, budgets, int(sizes), span, out, train_run)
-    _print_fits(summary, out)
+    summary = sweep(cfg, budgets, int(sizes), span, out, train_run, part)
+    if summary is not None:
+        _print_fits(summary, out)
     return 0
+
+
+def _part(raw: str) -> tuple[int, int]:
+    index, _, parts = raw.partition("/")
+    if not (index.isdigit() and parts.isdigit() and 1 <= int(index) <= int(parts)):
+        raise ConfigError(f"--part={raw!r}: write i/n with 1 <= i <= n, e.g. --part=1/2 on one machine, 2/2 on another")
+    return int(index), int(parts)

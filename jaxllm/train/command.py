@@ -11,6 +11,7 @@ from __future__ import annotations
 import pathlib
 from typing import Callable
 
+from jaxllm import machine
 from jaxllm.config import Config, ConfigError, parse_cli
 from jaxllm.train import distributed
 from jaxllm.train.loop import run
@@ -35,5 +36,5 @@ def main(
     make_stage = pretraining
     if start is not None:
         cfg, make_stage = start(cfg)
-    run(cfg, run_dir, make_stage=make_stage, show_config=show_config)
+    run(cfg, run_dir, make_stage=make_stage, show_config=show_config, started_at=machine.process_start())
     return 0

@@ -22,10 +22,12 @@ from jaxllm.interop.hf import init_params
 from jaxllm.kernels import probe
 from jaxllm.model.accounting import flops_per_token, param_count
 from jaxllm.plots import plot_loss
-from jaxllm.train import checkpoint
+from jaxllm.scaling.budget import apply as apply_plan
+from jaxllm.scaling.budget import find_law
+from jaxllm.train import budget, checkpoint
 from jaxllm.train import step as step_lib
 from jaxllm.train.evaluation import evaluate
-from jaxllm.train.metrics import MetricsLog, Progress
+from jaxllm.train.metrics import MetricsLog, Progress, clock_from
 from jaxllm.train.optim import schedule
 from jaxllm.train.stage import Stage, pretraining
 
@@ -51,24 +53,45 @@ def run(
     progress: bool = True,
     make_stage: Callable[[Config, object, bool], Stage] = pretraining,
     show_config: bool = False,
+    started_at: float | None = None,
 ) -> dict:
     """Trains (or resumes) the run in run_dir; returns the final figures:
     {'step', 'val_loss', 'val_bpb', 'tokens_per_s', 'params', 'checkpoint', 'sample', ...}.
-    make_stage(cfg, mesh, progress) supplies the data, batches and loss (see Stage)."""
+    make_stage(cfg, mesh, progress) supplies the data, batches and loss (see Stage). started_at (seconds since the
+    epoch): where a budget's clock starts; the commands pass the process's start, a library call defaults to now."""
+    clock = clock_from(time.time() if started_at is None else started_at)
     run_dir = pathlib.Path(run_dir)
     check_run_dir(run_dir)
     say = print if (progress and jax.process_index() == 0) else (lambda *a, **k: None)
+    plan = budget.load_plan(run_dir) if budget.budgeted(cfg) else None
+    if plan is not None:  # a budgeted run resumes on its saved plan, never a new one
+        cfg = apply_plan(cfg, plan)
     latest, meta = _latest_checkpoint(cfg, run_dir)
     if meta is not None and latest >= cfg.train.steps:
         return _already_complete(run_dir, latest, meta, say)
     check_sources(cfg.data.sources)  # like an impossible mesh, refused before anything is printed or written
+    if budget.budgeted(cfg) and cfg.posttrain.stage:
+        raise ConfigError("a budget plans pretraining runs only: drop --train.budget/--train.budget_flops")
     mesh = sharding.make_mesh(cfg)
     model_cfg, choice = kernels.resolve(cfg.model, list(mesh.devices.flat))
     run_cfg = replace(cfg, model=model_cfg)  # what runs here; `cfg`, as given, is what is saved
+    show = progress and jax.process_index() == 0
+    stage = None
+    if budget.budgeted(cfg) and plan is None:
+        law = find_law(cfg)  # a bad --train.law is refused before anything is printed
+        say(
+            f"{cfg.name}: planning {cfg.train.budget or f'{cfg.train.budget_flops:.3g} FLOPs'} on {mesh.size} "
+            f"{mesh.devices.flat[0].platform} device(s); {choice.why}"
+        )
+        stage = make_stage(run_cfg, mesh, show)  # prepares the data first: its time is part of the budget
+        plan = budget.make_plan(cfg, run_cfg, mesh, stage, say, clock, law)
+        cfg, run_cfg = apply_plan(cfg, plan), apply_plan(run_cfg, plan)
+        budget.save_plan(run_dir, plan)
+        stage = make_stage(run_cfg, mesh, show)  # the same data, read back; the sample needs the planned shape
     say(_summary(cfg, run_cfg, mesh, choice, run_dir, latest))
     if show_config:
         say(cfg.to_json())
-    stage = make_stage(run_cfg, mesh, progress and jax.process_index() == 0)
+    stage = stage or make_stage(run_cfg, mesh, show)
     if stage.summary:
         say(stage.summary)
     trainer, abstract_state = step_lib.make_trainer(run_cfg, mesh, stage.loss_fn or step_lib.mean_loss)
@@ -79,7 +102,9 @@ def run(
     mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints)
     with jax.set_mesh(mesh):
         state = _restore_or_init(run_cfg, trainer, abstract_state, mngr, latest, say)
-        state, result, tokens_per_s = _train(run_cfg, train_step, trainer, stage, state, mngr, mesh, run_dir, say)
+        state, result, tokens_per_s = _train(
+            run_cfg, train_step, trainer, stage, state, mngr, mesh, run_dir, say, clock
+        )
         final = {
             "val_loss": result["val_loss"],
             "val_bpb": result["val_bpb"],
@@ -89,11 +114,14 @@ def run(
             "kernels": model_cfg.kernels,
             "compute_dtype": model_cfg.compute_dtype,
         }
+        if plan is not None:
+            final["plan"] = budget.outcome(plan, final, clock() if latest is None else None)
+            MetricsLog(run_dir / "metrics.jsonl", jax.process_index() == 0).write(final["plan"])
         checkpoint.save(mngr, cfg.train.steps, state, cfg, stage.tokenizer, extra={"final": final})
         mngr.wait_until_finished()
         mngr.close()
         sample = stage.sample(trainer.graphdef, state["params"])
-    return _finish(run_dir, final, sample, say)
+    return _finish(run_dir, final, sample, say, plan)
 
 
 def _latest_checkpoint(cfg: Config, run_dir: pathlib.Path) -> tuple[int | None, dict | None]:
@@ -163,7 +191,7 @@ def _restore_or_init(cfg: Config, trainer, abstract_state: dict, mngr, latest: i
     return step_lib.init_state(cfg, trainer, params)
 
 
-def _train(cfg: Config, train_step, trainer, stage: Stage, state: dict, mngr, mesh, run_dir: pathlib.Path, say):
+def _train(cfg: Config, train_step, trainer, stage: Stage, state: dict, mngr, mesh, run_dir: pathlib.Path, say, clock):
     """Steps from the state's step to train.steps, logging, evaluating and saving on their intervals; returns the
     state, the final evaluation and the steady-state tokens/s."""
     t = cfg.train
@@ -179,11 +207,12 @@ def _train(cfg: Config, train_step, trainer, stage: Stage, state: dict, mngr, me
         log,
         say,
         t.log_every,
+        clock,
     )
 
     def run_eval(s):
         result = evaluate(eval_step, state["params"], stage.eval_batches, token_bytes)
-        log.write({"step": s, "val_loss": result["val_loss"], "val_bpb": result["val_bpb"]})
+        log.write({"step": s, "val_loss": result["val_loss"], "val_bpb": result["val_bpb"], "time_s": clock()})
         say(f"eval step {s}: val_loss {result['val_loss']:.4f} | val_bpb {result['val_bpb']:.4f}")
         return result
 
@@ -199,14 +228,18 @@ def _train(cfg: Config, train_step, trainer, stage: Stage, state: dict, mngr, me
     return state, run_eval(t.steps), progress.steady_rate()
 
 
-def _finish(run_dir: pathlib.Path, final: dict, sample: str, say) -> dict:
+def _finish(run_dir: pathlib.Path, final: dict, sample: str, say, plan: dict | None) -> dict:
     if jax.process_index() == 0:
         plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        if plan is not None:
+            budget.plot(run_dir / "metrics.jsonl", plan, run_dir / "plan.png")
     ckpt = run_dir / "checkpoints" / str(final["steps"])
     say(
         f"\nfinal: val_loss {final['val_loss']:.4f} | val_bpb {final['val_bpb']:.4f} | "
         f"{final['tokens_per_s']:,.0f} tok/s | {final['params'] / 1e6:.2f}M params"
     )
+    if plan is not None:
+        say(budget.outcome_lines(final["plan"]) + f"\nplan: {run_dir / budget.PLAN_FILE}, {run_dir / 'plan.png'}")
     say(f"checkpoint: {ckpt}\nmetrics: {run_dir / 'metrics.jsonl'}\nloss curve: {run_dir / 'loss.png'}")
     say(f"sample:\n{sample}")
     return {**final, "step": final["steps"], "checkpoint": str(ckpt), "sample": sample}

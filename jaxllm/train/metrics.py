@@ -10,6 +10,11 @@ import time
 import numpy as np
 
 
+def clock_from(started_at: float):
+    """() -> seconds since started_at (seconds since the epoch): the clock a run's budget and time_s are on."""
+    return lambda: time.time() - started_at
+
+
 class MetricsLog:
     """metrics.jsonl (appended, so a resumed run continues it); written by process 0 only."""
 
@@ -32,10 +37,18 @@ class Progress:
     real), writes a metrics record and prints a line. step_seconds_at_peak: a step's FLOPs over the peak FLOP/s."""
 
     def __init__(
-        self, steps: int, tokens_per_step: int, step_seconds_at_peak: float, lr_at, log: MetricsLog, say, log_every: int
+        self,
+        steps: int,
+        tokens_per_step: int,
+        step_seconds_at_peak: float,
+        lr_at,
+        log: MetricsLog,
+        say,
+        log_every: int,
+        clock,
     ):
         self.steps, self.tokens_per_step, self.at_peak = steps, tokens_per_step, step_seconds_at_peak
-        self.lr_at, self.log, self.say, self.log_every = lr_at, log, say, log_every
+        self.lr_at, self.log, self.say, self.log_every, self.clock = lr_at, log, say, log_every, clock
         self.start, self.n, self.rates = time.perf_counter(), 0, []
 
     def step(self, done: int, metrics: dict) -> None:
@@ -59,6 +72,7 @@ class Progress:
                 "grad_norm": float(metrics["grad_norm"]),
                 "tokens_per_s": rate,
                 "mfu": mfu,
+                "time_s": self.clock(),
                 **extra,
             }
         )
