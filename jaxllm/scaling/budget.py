@@ -185,9 +185,15 @@ def candidate_shapes(model: ModelConfig, max_params: float, ratio: float = 1.5) 
     return sorted(shapes, key=lambda s: param_count(s).total)
 
 
+def capped_warmup(optim, steps: int):
+    """optim with its warmup capped at a tenth of the run's steps: the sweep's rule, so plans match its law."""
+    return dataclasses.replace(optim, warmup_steps=min(optim.warmup_steps, steps // 10))
+
+
 def apply(cfg: Config, plan: dict) -> Config:
     """cfg with a plan's shape, steps and warmup (a plan is plain JSON, see jaxllm.train.budget)."""
     model = dataclasses.replace(cfg.model, **{k: plan["model"][k] for k in SHAPE_FIELDS})
     steps = int(plan["steps"])
-    optim = dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, steps // 10))
-    return dataclasses.replace(cfg, model=model, optim=optim, train=dataclasses.replace(cfg.train, steps=steps))
+    return dataclasses.replace(
+        cfg, model=model, optim=capped_warmup(cfg.optim, steps), train=dataclasses.replace(cfg.train, steps=steps)
+    )

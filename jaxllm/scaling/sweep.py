@@ -44,7 +44,7 @@ from jaxllm import machine
 from jaxllm.config import Config, ConfigError, parse_cli
 from jaxllm.model.accounting import flops_per_token, param_count
 from jaxllm.plots import plt, save_figure
-from jaxllm.scaling.budget import setup_key
+from jaxllm.scaling.budget import capped_warmup, setup_key
 from jaxllm.scaling.fit import (
     bootstrap_isoflop,
     bootstrap_loss_law,
@@ -123,7 +123,7 @@ def grid(cfg: Config, budgets: list[float], sizes: int, span: float) -> list[Run
             )
         for model in models:
             steps = _steps_for(cfg, model, budget)
-            optim = dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, steps // 10))
+            optim = capped_warmup(cfg.optim, steps)
             train = dataclasses.replace(
                 cfg.train, steps=steps, eval_every=steps, checkpoint_every=steps, budget="", budget_flops=0.0
             )
