@@ -1,12 +1,14 @@
 """Budgeted runs: durations, the setup a law holds for, the planner's arithmetic and choices, and end to end a run
 planned to a FLOP budget (resume exact) and to a time budget."""
 
+import dataclasses
 import json
 import lzma
 import math
 import pathlib
 import shutil
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from jaxllm.scaling.laws import BESIROGLU_2024, LossLaw
 from jaxllm.tokenizer import BOS
 from jaxllm.train.checkpoint import load_run
 from jaxllm.train.loop import run
+from jaxllm.train.stage import pretraining
 from tests.conftest import tiny_config
 from tests.multidevice import run_worker
 
@@ -89,6 +92,14 @@ def test_run_seconds_counts_compile_steps_evals_and_saves():
     assert arithmetic.run_seconds(m, 2500, COSTS) == pytest.approx(expected)
     steps = arithmetic.affordable_steps(m, 300.0, COSTS)
     assert arithmetic.run_seconds(m, steps, COSTS) <= 300.0 < arithmetic.run_seconds(m, steps + 1, COSTS)
+
+
+def test_steering_fits_the_steps_pauses_and_final_evaluation_in_the_time_left():
+    # from step 1000 at 0.125 s a step; evaluations (2 s) every 500 steps, saves (0.5 s) every 1000; the final 3 s
+    fit = lambda left: arithmetic.steps_that_fit(left, 0.125, 1000, {500: 2.0, 1000: 0.5}, 3.0)  # noqa: E731
+    assert fit(100.0) == 1760  # 760 steps, the evaluation at 1500, the final one: 95 + 2 + 3 s
+    assert fit(140.0) == 2060  # past 2000: evaluations at 1500 and 2000, the save at 2000: 132.5 + 4 + 0.5 + 3 s
+    assert fit(-5.0) == 1001  # out of time: one more step, then the final evaluation
 
 
 @pytest.mark.parametrize("kind", ["time", "flops"])
@@ -191,17 +202,40 @@ def test_budgeted_resume_uses_the_saved_plan_and_is_exact(flops_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_time_budget_measures_and_plans_within_it(tiny_corpus, tmp_path, monkeypatch):
+def test_time_budget_measures_plans_and_steers_to_its_deadline(tiny_corpus, tmp_path, monkeypatch):
+    """After planning, the machine gets 3x slower (each batch costs three measured steps of sleep): the run steers
+    its end to the deadline, stopping well short of the planned steps, its learning rate decayed by the end."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # measure afresh, keep the user's cache clean
     cfg = tiny_config(tiny_corpus, tmp_path / "cache", budget="40s", steps=1, eval_every=200, checkpoint_every=200)
-    result = run(cfg, tmp_path / "run", progress=False)
+    stages = []
+
+    def slowed_after_planning(run_cfg, mesh, progress):
+        stages.append(pretraining(run_cfg, mesh, progress))
+        if len(stages) == 1:  # the one the planner measures with
+            return stages[0]
+        plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+        step_s = next(m["step_s"] for m in plan["measured"] if m["params"] == plan["params"])
+
+        def train_batch(s):
+            time.sleep(3 * step_s)
+            return stages[-1].train_batch(s)
+
+        return dataclasses.replace(stages[-1], train_batch=train_batch)
+
+    result = run(cfg, tmp_path / "run", progress=False, make_stage=slowed_after_planning)
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert plan["fresh_measurements"] == len(plan["measured"]) >= 1  # as many as 15% of the budget allowed
-    assert plan["predicted"]["seconds"] <= 45 and result["steps"] == plan["steps"] >= arithmetic.MIN_STEPS
+    assert plan["predicted"]["seconds"] <= 45 and plan["steps"] >= arithmetic.MIN_STEPS
     cached = json.loads((tmp_path / "xdg" / "jaxllm").glob("*/throughput.json").__next__().read_text())
     assert len(cached) == len(plan["measured"])
-    outcome = [r for r in _records(tmp_path / "run") if r.get("plan_vs_achieved")][0]
+    records = _records(tmp_path / "run")
+    outcome = [r for r in records if r.get("plan_vs_achieved")][0]
     assert outcome["planned_s"] == plan["predicted"]["seconds"] and outcome["achieved_s"] > plan["planned_at_s"]
+    assert outcome["planned_steps"] == plan["steps"] and outcome["achieved_steps"] == result["steps"]
+    assert result["steps"] < 0.7 * plan["steps"]
+    assert (tmp_path / "run" / "checkpoints" / str(result["steps"])).is_dir()
+    last = [r for r in records if "lr" in r][-1]
+    assert last["step"] == result["steps"] and last["lr"] < 0.15 * cfg.optim.lr  # the floor is a tenth of the peak
 
 
 def test_held_out_documents_split_at_bos_and_compressors_count_every_byte():

@@ -142,6 +142,22 @@ def affordable_steps(m: Measured, budget_s: float, costs: Costs) -> int:
     return lo if lo >= MIN_STEPS else 0
 
 
+def steps_that_fit(seconds_left: float, step_s: float, done: int, intervals: dict[int, float], final_s: float) -> int:
+    """Deadline steering: the end step (after `done`, at least done + 1) whose remaining train steps, the pauses
+    on their intervals ({every: seconds}: evaluations and saves, not at the end) and the final evaluation (final_s)
+    fit in seconds_left."""
+
+    def seconds(end: int) -> float:
+        pauses = sum(cost * ((end - 1) // every - done // every) for every, cost in intervals.items())
+        return (end - done) * step_s + pauses + final_s
+
+    lo, hi = done + 1, done + 2 + max(int(seconds_left / step_s), 0)
+    while hi - lo > 1:  # seconds() grows with end
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if seconds(mid) <= seconds_left else (lo, mid)
+    return lo
+
+
 def steps_for_flops(model: ModelConfig, tokens_per_step: int, budget_flops: float) -> int:
     return round(budget_flops / (flops_per_token(model) * tokens_per_step))
 

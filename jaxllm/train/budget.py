@@ -31,7 +31,7 @@ from jaxllm.kernels import probe
 from jaxllm.model.accounting import flops_per_token, param_count
 from jaxllm.plots import plt, save_figure
 from jaxllm.scaling import budget as arithmetic
-from jaxllm.scaling.laws import human, smallest_model
+from jaxllm.scaling.laws import LossLaw, human, smallest_model
 from jaxllm.train import step as step_lib
 from jaxllm.train.metrics import clock_from, format_eta
 from jaxllm.train.stage import pretraining
@@ -132,7 +132,7 @@ class Measurer:
         trainer, abstract_state = step_lib.make_trainer(cfg, self.mesh)
         with jax.set_mesh(self.mesh):
             if known is None:
-                # cold, like the run's own compile (its schedule's length differs, so the cache cannot serve it)
+                # cold, like the run's own compile: with the cache off, this one leaves nothing in it
                 cache_on = jax.config.jax_enable_compilation_cache
                 jax.config.update("jax_enable_compilation_cache", False)
                 try:
@@ -247,7 +247,7 @@ def make_plan(cfg: Config, run_cfg: Config, mesh, stage, say, clock, found: arit
             if choice is None or math.isfinite(measure(choice.model).step_s):
                 break
             options = [o for o in options if o[0] != choice.model]
-        budget_text = f"{t.budget_flops:.3g} FLOPs"
+        budget_text, eval_s = f"{t.budget_flops:.3g} FLOPs", None
     else:
         budget_s = parse_duration(t.budget)
         shapes = arithmetic.candidate_shapes(
@@ -266,7 +266,7 @@ def make_plan(cfg: Config, run_cfg: Config, mesh, stage, say, clock, found: arit
         deadline = costs().elapsed_s + MEASURING_SHARE * budget_s
         may_try = lambda i: measure.known(shapes[i]) or costs().elapsed_s < deadline
         chosen = shapes[_search(loss_at, len(shapes), start, may_try)]
-        measure(chosen, with_eval=True)
+        eval_s = t.eval_batches * measure(chosen, with_eval=True).eval_batch_s
         choice = arithmetic.time_choice(found.law, list(measure.measured.values()), budget_s, costs(), tokens_per_step)
         budget_text = t.budget
     if choice is None:
@@ -289,6 +289,7 @@ def make_plan(cfg: Config, run_cfg: Config, mesh, stage, say, clock, found: arit
             "seconds": choice.seconds,
         },
         "bytes_per_token": per_byte,
+        "eval_s": eval_s,  # one held-out evaluation of the chosen shape (time budgets: the run steers by it)
         "planned_at_s": clock(),
         "measured": [
             {
@@ -337,11 +338,18 @@ def summary(plan: dict, budget_text: str) -> str:
 
 
 def outcome(plan: dict, final: dict, seconds: float | None) -> dict:
-    """The plan beside what the run achieved (a metrics.jsonl record); seconds: None for a resumed run."""
+    """The plan beside what the run achieved (a metrics.jsonl record); seconds: None for a resumed run. A steered
+    run's steps differ from the plan's, so the law's loss for the steps it ran is given too: the law's error apart
+    from the planning's."""
+    law = LossLaw(**{k: plan["law"][k] for k in ("E", "A", "B", "alpha", "beta")})
+    tokens = final["steps"] * plan["tokens"] / plan["steps"]
     return {
-        "step": plan["steps"],
+        "step": final["steps"],
         "plan_vs_achieved": True,
+        "planned_steps": plan["steps"],
+        "achieved_steps": final["steps"],
         "planned_val_loss": plan["predicted"]["val_loss"],
+        "law_val_loss_at_achieved_steps": law.loss(plan["params"], tokens),
         "achieved_val_loss": final["val_loss"],
         "planned_val_bpb": plan["predicted"]["val_bpb"],
         "achieved_val_bpb": final["val_bpb"],
@@ -360,6 +368,11 @@ def outcome_lines(record: dict) -> str:
         if record["law_fitted_for_this_setup"]
         else "no law fitted for this setup, so no predicted loss to compare (python -m jaxllm.scaling fits one)"
     )
+    if record["law_fitted_for_this_setup"] and record["achieved_steps"] != record["planned_steps"]:
+        line += (
+            f"\nsteered to {record['achieved_steps']:,} steps (planned {record['planned_steps']:,}), for which the "
+            f"law predicts {record['law_val_loss_at_achieved_steps']:.4f}"
+        )
     if record["planned_s"] is not None:
         achieved = "not measured (resumed run)" if record["achieved_s"] is None else format_eta(record["achieved_s"])
         line += f"\nplanned {format_eta(record['planned_s'])} to the final evaluation, achieved {achieved}"

@@ -2,11 +2,19 @@
 
 `run(cfg, run_dir)` trains (or resumes) the run in run_dir. Rerunning a finished run says so; rerunning an
 interrupted one resumes from its latest checkpoint, and the losses continue exactly (a batch is a pure function of
-the step). What a stage brings (data, batches, loss, sample) is a `jaxllm.train.stage.Stage`.
+the step, the schedule is in the state). What a stage brings (data, batches, loss, sample) is a
+`jaxllm.train.stage.Stage`.
+
+A time-budgeted run steers its end to its deadline: at each progress line it moves the schedule's end to the step
+that the latest step times, the evaluations and saves still due and the final evaluation fit into the time left,
+and the learning rate stays continuous (jaxllm.train.optim.reanchor). A plan made once cannot hold a wall-clock
+budget on a machine whose speed changes under it (a shared VM's did, by 3x for minutes). A resumed run finishes
+the schedule its checkpoint holds: its clock restarted, so it has no deadline to steer to.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import tempfile
 import time
@@ -14,21 +22,22 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxllm import kernels, sharding
-from jaxllm.config import Config, ConfigError, replace
+from jaxllm.config import Config, ConfigError, parse_duration, replace
 from jaxllm.data.sources import check_sources
 from jaxllm.interop.hf import init_params
 from jaxllm.kernels import probe
 from jaxllm.model.accounting import flops_per_token, param_count
 from jaxllm.plots import plot_loss
+from jaxllm.scaling.budget import CHECKPOINT_S, find_law, steps_that_fit
 from jaxllm.scaling.budget import apply as apply_plan
-from jaxllm.scaling.budget import find_law
-from jaxllm.train import budget, checkpoint
+from jaxllm.train import budget, checkpoint, optim
 from jaxllm.train import step as step_lib
 from jaxllm.train.evaluation import evaluate
 from jaxllm.train.metrics import MetricsLog, Progress, clock_from
-from jaxllm.train.optim import schedule
 from jaxllm.train.stage import Stage, pretraining
 
 
@@ -67,7 +76,8 @@ def run(
     if plan is not None:  # a budgeted run resumes on its saved plan, never a new one
         cfg = apply_plan(cfg, plan)
     latest, meta = _latest_checkpoint(cfg, run_dir)
-    if meta is not None and latest >= cfg.train.steps:
+    # a budgeted run ends where it steered to, so its final checkpoint (the one with the final figures) says it ended
+    if meta is not None and ("final" in meta if plan is not None else latest >= cfg.train.steps):
         return _already_complete(run_dir, latest, meta, say)
     check_sources(cfg.data.sources)  # like an impossible mesh, refused before anything is printed or written
     if budget.budgeted(cfg) and cfg.posttrain.stage:
@@ -102,22 +112,29 @@ def run(
     mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints)
     with jax.set_mesh(mesh):
         state = _restore_or_init(run_cfg, trainer, abstract_state, mngr, latest, say)
+        deadline = None
+        if plan is not None and plan.get("budget") and latest is None:
+            deadline = _Deadline(parse_duration(plan["budget"]), plan["eval_s"])
+        elif plan is None and int(state["schedule"]["end"]) != cfg.train.steps:  # train.steps changed on resume
+            schedule = optim.reanchor(state["schedule"], int(state["step"]), cfg.train.steps)
+            state["schedule"] = jax.device_put(schedule, trainer.state_shardings["schedule"])
         state, result, tokens_per_s = _train(
-            run_cfg, train_step, trainer, stage, state, mngr, mesh, run_dir, say, clock
+            run_cfg, train_step, trainer, stage, state, mngr, mesh, run_dir, say, clock, deadline
         )
+        end = int(state["step"])
         final = {
             "val_loss": result["val_loss"],
             "val_bpb": result["val_bpb"],
             "tokens_per_s": tokens_per_s,
             "params": _n_params(abstract_state),
-            "steps": cfg.train.steps,
+            "steps": end,
             "kernels": model_cfg.kernels,
             "compute_dtype": model_cfg.compute_dtype,
         }
         if plan is not None:
             final["plan"] = budget.outcome(plan, final, clock() if latest is None else None)
             MetricsLog(run_dir / "metrics.jsonl", jax.process_index() == 0).write(final["plan"])
-        checkpoint.save(mngr, cfg.train.steps, state, cfg, stage.tokenizer, extra={"final": final})
+        checkpoint.save(mngr, end, state, cfg, stage.tokenizer, extra={"final": final})
         mngr.wait_until_finished()
         mngr.close()
         sample = stage.sample(trainer.graphdef, state["params"])
@@ -191,24 +208,42 @@ def _restore_or_init(cfg: Config, trainer, abstract_state: dict, mngr, latest: i
     return step_lib.init_state(cfg, trainer, params)
 
 
-def _train(cfg: Config, train_step, trainer, stage: Stage, state: dict, mngr, mesh, run_dir: pathlib.Path, say, clock):
-    """Steps from the state's step to train.steps, logging, evaluating and saving on their intervals; returns the
-    state, the final evaluation and the steady-state tokens/s."""
+@dataclasses.dataclass
+class _Deadline:
+    """What a time-budgeted run steers by: its budget from process start, and the pauses it must leave room for
+    (seconds; measured at planning, then at each evaluation and save of the run)."""
+
+    budget_s: float
+    eval_s: float
+    checkpoint_s: float = CHECKPOINT_S
+
+
+STEER_WINDOW_S = 20.0  # the step time an end is steered by: the latest progress intervals adding up to this
+
+
+def _steer(deadline: _Deadline, t, done: int, step_s: float, clock) -> int:
+    """The end step that fits the time left (process 0's figure on every process, so all step alike)."""
+    pauses = {t.eval_every: deadline.eval_s, t.checkpoint_every: deadline.checkpoint_s}
+    end = steps_that_fit(deadline.budget_s - clock(), step_s, done, pauses, deadline.eval_s)
+    if jax.process_count() > 1:
+        end = int(multihost_utils.broadcast_one_to_all(np.int64(end)))
+    return end
+
+
+def _train(
+    cfg: Config, train_step, trainer, stage: Stage, state, mngr, mesh, run_dir: pathlib.Path, say, clock, deadline
+):
+    """Steps from the state's step to its schedule's end, logging, evaluating and saving on their intervals, and
+    steering the end to the deadline if there is one; returns the state, the final evaluation and the steady-state
+    tokens/s."""
     t = cfg.train
     eval_step = trainer.jit_eval_step()
     token_bytes = jax.device_put(jnp.asarray(stage.tokenizer.token_bytes(), jnp.int32), sharding.replicated(mesh))
     log = MetricsLog(run_dir / "metrics.jsonl", jax.process_index() == 0)
     peak = (t.peak_tflops * 1e12 if t.peak_tflops else probe.peak_flops(cfg.model.compute_dtype)) * mesh.size
-    progress = Progress(
-        t.steps,
-        stage.tokens_per_step,
-        flops_per_token(cfg.model) * stage.tokens_per_step / peak,
-        schedule(cfg.optim, t.steps),
-        log,
-        say,
-        t.log_every,
-        clock,
-    )
+    end = int(state["schedule"]["end"])
+    at_peak = flops_per_token(cfg.model) * stage.tokens_per_step / peak
+    progress = Progress(end, stage.tokens_per_step, at_peak, log, say, t.log_every, clock)
 
     def run_eval(s):
         result = evaluate(eval_step, state["params"], stage.eval_batches, token_bytes)
@@ -216,16 +251,29 @@ def _train(cfg: Config, train_step, trainer, stage: Stage, state: dict, mngr, me
         say(f"eval step {s}: val_loss {result['val_loss']:.4f} | val_bpb {result['val_bpb']:.4f}")
         return result
 
-    for s in range(int(state["step"]), t.steps):
-        state, metrics = train_step(state, stage.train_batch(s))
-        done = s + 1
+    done = int(state["step"])
+    while done < end:
+        state, metrics = train_step(state, stage.train_batch(done))
+        done += 1
         progress.step(done, metrics)
-        if done % t.eval_every == 0 and done != t.steps:
+        paused = time.perf_counter()
+        if done % t.eval_every == 0 and done != end:
             run_eval(done)
-        if done % t.checkpoint_every == 0 and done != t.steps:
+            if deadline:
+                deadline.eval_s = time.perf_counter() - paused
+        saving = time.perf_counter()
+        if done % t.checkpoint_every == 0 and done != end:
             checkpoint.save(mngr, done, state, cfg, stage.tokenizer)
-        progress.resume_clock(done)  # evaluation and checkpoint time are not training time
-    return state, run_eval(t.steps), progress.steady_rate()
+            if deadline:
+                deadline.checkpoint_s = time.perf_counter() - saving
+        if deadline and done % t.log_every == 0 and done != end:
+            steered = _steer(deadline, t, done, progress.recent_step_s(STEER_WINDOW_S), clock)
+            if steered != end:
+                schedule = optim.reanchor(state["schedule"], done, steered)
+                state["schedule"] = jax.device_put(schedule, trainer.state_shardings["schedule"])
+                end = progress.steps = steered
+        progress.resume_clock(done)  # evaluation, checkpoint and steering time are not training time
+    return state, run_eval(end), progress.steady_rate()
 
 
 def _finish(run_dir: pathlib.Path, final: dict, sample: str, say, plan: dict | None) -> dict:

@@ -34,22 +34,16 @@ def format_eta(seconds: float) -> str:
 
 class Progress:
     """Every log_every steps: reads the step's metrics (which waits for the device, so the interval's time is
-    real), writes a metrics record and prints a line. step_seconds_at_peak: a step's FLOPs over the peak FLOP/s."""
+    real), writes a metrics record and prints a line. step_seconds_at_peak: a step's FLOPs over the peak FLOP/s.
+    `steps` is the run's end, which a steered run moves."""
 
     def __init__(
-        self,
-        steps: int,
-        tokens_per_step: int,
-        step_seconds_at_peak: float,
-        lr_at,
-        log: MetricsLog,
-        say,
-        log_every: int,
-        clock,
+        self, steps: int, tokens_per_step: int, step_seconds_at_peak: float, log: MetricsLog, say, log_every: int, clock
     ):
         self.steps, self.tokens_per_step, self.at_peak = steps, tokens_per_step, step_seconds_at_peak
-        self.lr_at, self.log, self.say, self.log_every, self.clock = lr_at, log, say, log_every, clock
+        self.log, self.say, self.log_every, self.clock = log, say, log_every, clock
         self.start, self.n, self.rates = time.perf_counter(), 0, []
+        self.intervals: list[tuple[int, float]] = []  # (steps, seconds) of each logged interval
 
     def step(self, done: int, metrics: dict) -> None:
         self.n += 1
@@ -59,11 +53,12 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         rate = self.n * self.tokens_per_step / elapsed
         self.rates.append(rate)
+        self.intervals.append((self.n, elapsed))
         mfu = rate / self.tokens_per_step * self.at_peak
         if not math.isfinite(loss):
             raise RuntimeError(f"loss became {loss} at step {done}; lower optim.lr or check the data")
-        lr = float(self.lr_at(done - 1))
-        extra = {k: float(v) for k, v in metrics.items() if k not in ("loss", "grad_norm")}  # a stage's own
+        lr = float(metrics["lr"])
+        extra = {k: float(v) for k, v in metrics.items() if k not in ("loss", "grad_norm", "lr")}  # a stage's own
         self.log.write(
             {
                 "step": done,
@@ -88,6 +83,15 @@ class Progress:
         """Restarts the interval's clock after a logged step, so evaluation and checkpoint time are not counted."""
         if done % self.log_every == 0:
             self.start = time.perf_counter()
+
+    def recent_step_s(self, window_s: float) -> float:
+        """Seconds a step over the latest logged intervals that add up to window_s (all of them if fewer)."""
+        steps = seconds = 0.0
+        for n, elapsed in reversed(self.intervals):
+            steps, seconds = steps + n, seconds + elapsed
+            if seconds >= window_s:
+                break
+        return seconds / steps if steps else float("nan")
 
     def steady_rate(self) -> float:
         """The median rate over intervals, leaving out the first (it includes warm-up); NaN before any."""

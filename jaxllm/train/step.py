@@ -1,6 +1,7 @@
 """The pure training and evaluation steps, and the sharded train state they act on.
 
-The state is a plain pytree {'params', 'opt_state', 'step'} of arrays: `train_step(state, batch)` returns a new
+The state is a plain pytree {'params', 'opt_state', 'step', 'schedule'} of arrays (the schedule: where the
+learning rate's warmup and cosine lie, jaxllm.train.optim): `train_step(state, batch)` returns a new
 state and metrics and touches nothing else, so it is jitted once with explicit shardings and the old state donated.
 A batch is {'inputs': (B,T) int32, 'targets': (B,T) int32} plus an optional 'loss_mask' (B,T) float32 (SFT);
 other stages add their own (B,T) leaves and bring a loss_fn that reads them (DPO).
@@ -19,10 +20,10 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jaxllm import sharding
-from jaxllm.config import Config
+from jaxllm.config import Config, OptimConfig
 from jaxllm.model.scoring import token_logprobs
 from jaxllm.model.transformer import Transformer, abstract_model
-from jaxllm.train.optim import make_optimizer
+from jaxllm.train import optim
 
 
 def token_losses(params: dict, graphdef: nnx.GraphDef, batch: dict) -> jax.Array:
@@ -44,7 +45,8 @@ class Trainer:
     """What the steps close over: the model's graph, the optimizer, and the shardings on this mesh."""
 
     graphdef: nnx.GraphDef
-    optimizer: optax.GradientTransformation
+    optimizer: optax.GradientTransformation  # at learning rate 1: the step scales its update
+    optim_cfg: OptimConfig
     mesh: Mesh
     state_shardings: dict
     loss_fn: Callable = mean_loss  # (params, graphdef, batch) -> (scalar, {name: scalar}); DPO passes its own
@@ -52,9 +54,11 @@ class Trainer:
     def train_step(self, state: dict, batch: dict) -> tuple[dict, dict]:
         (loss, extra), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(state["params"], self.graphdef, batch)
         updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **extra}
-        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+        lr = optim.learning_rate(self.optim_cfg, state["schedule"], state["step"])
+        params = optax.apply_updates(state["params"], jax.tree.map(lambda u: lr.astype(u.dtype) * u, updates))
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr, **extra}
+        new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+        return new_state | {"schedule": state["schedule"]}, metrics
 
     def eval_step(self, params: dict, batch: dict, token_bytes: jax.Array) -> dict:
         """Summed nats over the batch's target tokens (those its loss_mask keeps, if it has one), their count, and
@@ -114,16 +118,23 @@ def make_trainer(cfg: Config, mesh: Mesh, loss_fn: Callable = mean_loss) -> tupl
     """The trainer and the abstract state (ShapeDtypeStructs carrying their shardings: a restore target).
     cfg.model's kernels and compute dtype must be resolved (jaxllm.kernels.resolve)."""
     graphdef, abstract_params = nnx.split(abstract_model(cfg.model), nnx.Param)
-    optimizer = make_optimizer(cfg.optim, cfg.train.steps)
+    optimizer = optim.make_optimizer(cfg.optim)
     pspecs = sharding.param_specs(abstract_params)
     params_shapes = nnx.to_pure_dict(abstract_params)
     opt_shapes = jax.eval_shape(optimizer.init, params_shapes)
     opt_specs = _moment_specs(opt_shapes, params_shapes, pspecs)
-    specs = {"params": pspecs, "opt_state": opt_specs, "step": P()}
+    schedule_shapes = jax.eval_shape(lambda: optim.initial_schedule(cfg.optim, cfg.train.steps))
+    schedule_specs = jax.tree.map(lambda _: P(), schedule_shapes)
+    specs = {"params": pspecs, "opt_state": opt_specs, "step": P(), "schedule": schedule_specs}
     shardings = sharding.named(mesh, specs)
-    shapes = {"params": params_shapes, "opt_state": opt_shapes, "step": jax.ShapeDtypeStruct((), jnp.int32)}
+    shapes = {
+        "params": params_shapes,
+        "opt_state": opt_shapes,
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "schedule": schedule_shapes,
+    }
     abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-    return Trainer(graphdef, optimizer, mesh, shardings, loss_fn), abstract_state
+    return Trainer(graphdef, optimizer, cfg.optim, mesh, shardings, loss_fn), abstract_state
 
 
 def init_state(cfg: Config, trainer: Trainer, params: dict | None = None) -> dict:
@@ -131,13 +142,19 @@ def init_state(cfg: Config, trainer: Trainer, params: dict | None = None) -> dic
     trainer.state_shardings["params"]) are given; created directly in their shards (never whole on one device)."""
     if params is not None:  # only the optimizer's state is new: no random parameters are made and dropped
         opt_init = jax.jit(trainer.optimizer.init, out_shardings=trainer.state_shardings["opt_state"])
-        step = jax.device_put(jnp.zeros((), jnp.int32), trainer.state_shardings["step"])
-        return {"params": params, "opt_state": opt_init(params), "step": step}
+        rest = {"step": jnp.zeros((), jnp.int32), "schedule": optim.initial_schedule(cfg.optim, cfg.train.steps)}
+        rest = jax.device_put(rest, {k: trainer.state_shardings[k] for k in rest})
+        return {"params": params, "opt_state": opt_init(params), **rest}
 
     def create():
         model = Transformer(cfg.model, nnx.Rngs(cfg.train.seed))
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        return {"params": params, "opt_state": trainer.optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+        return {
+            "params": params,
+            "opt_state": trainer.optimizer.init(params),
+            "step": jnp.zeros((), jnp.int32),
+            "schedule": optim.initial_schedule(cfg.optim, cfg.train.steps),
+        }
 
     with nnx.use_eager_sharding(False):
         return jax.jit(create, out_shardings=trainer.state_shardings)()
