@@ -145,11 +145,12 @@ def test_law_lookup_by_setup(tmp_path, monkeypatch):
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(law_file))
     found = arithmetic.find_law(base)
-    assert found.law == LAW and found.fitted and found.source == str(path)
+    assert found.law == LAW and found.fitted and found.source == str(path) and found.top_flops is None
     other = tmp_path / "law.json"
-    other.write_text(json.dumps({**law_file, "setup_key": "0123456789ab"}))
+    other.write_text(json.dumps({**law_file, "setup_key": "0123456789ab", "budgets": [2e11, 7e12, 6e11]}))
     given = arithmetic.find_law(replace(base, train=replace(base.train, law=str(other))))
     assert given.law == LAW and not given.fitted and "fitted for setup 0123456789ab" in given.source
+    assert given.top_flops == 7e12  # the largest budget swept: beyond it a plan says the law extrapolates
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ConfigError, match="not a fitted law"):
         arithmetic.find_law(replace(base, train=replace(base.train, law=str(tmp_path / "bad.json"))))

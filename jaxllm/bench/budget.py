@@ -120,7 +120,7 @@ def bench_budget(budget: str, fixed: str, root: pathlib.Path, extra: list[str]) 
                 "command": "python -m jaxllm.train " + " ".join(argv),
                 "shape": f"{config['model']['n_layer']} x {config['model']['n_embd']}",
                 "vocab": config["model"]["vocab_size"],
-                "steps": config["train"]["steps"],
+                "steps": plan["achieved_steps"] if plan else config["train"]["steps"],  # a steered run's own
                 "wall_s": wall,
                 "final_eval_s": evals[-1]["time_s"],
                 "val_bpb": evals[-1]["val_bpb"],
@@ -156,7 +156,9 @@ def budget_table(result: dict) -> str:
             p = r["plan"]
             lines.append(
                 f"\nplan against outcome ({r['run']}): val_loss planned {p['planned_val_loss']:.4f}, achieved "
-                f"{p['achieved_val_loss']:.4f} ({100 * (p['achieved_val_loss'] / p['planned_val_loss'] - 1):+.1f}%);"
+                f"{p['achieved_val_loss']:.4f} ({100 * (p['achieved_val_loss'] / p['planned_val_loss'] - 1):+.1f}%), "
+                f"by the law for the {p['achieved_steps']:,} steps run {p['law_val_loss_at_achieved_steps']:.4f} "
+                f"({100 * (p['achieved_val_loss'] / p['law_val_loss_at_achieved_steps'] - 1):+.1f}%);"
                 f" time planned {p['planned_s']:.0f} s, achieved {p['achieved_s']:.0f} s "
                 f"({100 * (p['achieved_s'] / result['budget_s'] - 1):+.1f}% of the budget)"
             )

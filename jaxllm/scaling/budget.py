@@ -64,16 +64,18 @@ class FoundLaw:
     law: LossLaw
     source: str  # where it came from, for the plan's summary
     fitted: bool  # fitted on this setup, so its losses are ours; False: Hoffmann et al.'s data
+    top_flops: float | None = None  # the largest budget its sweep trained: beyond it the law extrapolates
 
 
-def read_law_file(path: pathlib.Path) -> tuple[LossLaw, str]:
-    """(law, setup key) from a sweep's law.json or scaling.json, or a sweep's output folder holding one."""
+def read_law_file(path: pathlib.Path) -> tuple[LossLaw, str, float | None]:
+    """(law, setup key, largest budget swept) from a sweep's law.json or scaling.json, or its output folder."""
     if path.is_dir():
         path = path / "law.json" if (path / "law.json").is_file() else path / "scaling.json"
     try:
         data = json.loads(path.read_text())
         law = data["loss_law"] if "loss_law" in data else data["fits"]["loss_law"]
-        return LossLaw(**{k: float(law[k]) for k in ("E", "A", "B", "alpha", "beta")}), data.get("setup_key", "")
+        top = max(map(float, data["budgets"])) if data.get("budgets") else None
+        return LossLaw(**{k: float(law[k]) for k in ("E", "A", "B", "alpha", "beta")}), data.get("setup_key", ""), top
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(
             f"--train.law={path}: not a fitted law ({type(e).__name__}: {e}); give a sweep's law.json, "
@@ -86,13 +88,14 @@ def find_law(cfg: Config) -> FoundLaw:
     whose losses are on another corpus and tokenizer (its shapes and steps are still a sensible plan)."""
     key = setup_key(cfg)
     if cfg.train.law:
-        law, law_key = read_law_file(pathlib.Path(cfg.train.law))
+        law, law_key, top = read_law_file(pathlib.Path(cfg.train.law))
         note = "" if law_key == key else f" (fitted for setup {law_key or 'unknown'}, this run's is {key})"
-        return FoundLaw(law, f"{cfg.train.law}{note}", law_key == key)
+        return FoundLaw(law, f"{cfg.train.law}{note}", law_key == key, top)
     for folder in law_dirs():
         path = folder / f"{key}.json"
         if path.is_file():
-            return FoundLaw(read_law_file(path)[0], str(path), True)
+            law, _, top = read_law_file(path)
+            return FoundLaw(law, str(path), True, top)
     return FoundLaw(BESIROGLU_2024, f"Besiroglu et al. 2024 (no law fitted for setup {key})", False)
 
 

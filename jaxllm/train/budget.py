@@ -41,6 +41,7 @@ MEASURE_S = 0.5  # timed steps per candidate: at least this long, and at least M
 MEASURE_STEPS = 5
 MAX_PARAMS_FACTOR = 1e4  # candidates reach this many times the family's smallest model
 STARTUP_S = 3.0  # after planning: the stage read again, the state initialised (a small compile), first batches
+EXTRAPOLATION_WARNING = 1.5  # a plan this many times beyond its law's largest swept budget says it extrapolates
 MEASURING_SHARE = 0.15  # of a time budget that measuring new shapes may take; then the best measured is chosen
 
 
@@ -277,7 +278,12 @@ def make_plan(cfg: Config, run_cfg: Config, mesh, stage, say, clock, found: arit
         "budget": t.budget or None,
         "budget_flops": t.budget_flops or None,
         "setup_key": arithmetic.setup_key(cfg),
-        "law": {**dataclasses.asdict(found.law), "source": found.source, "fitted_for_this_setup": found.fitted},
+        "law": {
+            **dataclasses.asdict(found.law),
+            "source": found.source,
+            "fitted_for_this_setup": found.fitted,
+            "top_flops": found.top_flops,
+        },
         "model": {k: getattr(m, k) for k in arithmetic.SHAPE_FIELDS},
         "params": param_count(m).total,
         "steps": choice.steps,
@@ -333,6 +339,12 @@ def summary(plan: dict, budget_text: str) -> str:
     )
     if p["seconds"] is not None:
         predicted += f"; {format_eta(p['seconds'])} from process start to the final evaluation"
+    top = plan["law"].get("top_flops")
+    if plan["law"]["fitted_for_this_setup"] and top and plan["flops"] > EXTRAPOLATION_WARNING * top:
+        predicted += (
+            f"\n  the law extrapolates: {plan['flops'] / top:.1f}x beyond its sweep's largest budget ({top:.3g} FLOPs);"
+            " a sweep reaching it predicts better (python -m jaxllm.scaling --budgets=...)"
+        )
     lines.append("  " + predicted)
     return "\n".join(lines)
 
