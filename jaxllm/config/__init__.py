@@ -122,7 +122,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class PosttrainConfig:
     stage: str = ""  # '' pretraining | 'sft' (python -m jaxllm.sft) | 'dpo' (python -m jaxllm.dpo)
-    conversations: tuple[str, ...] = ("stdlib",)  # SFT data: 'stdlib' (embedded tasks) or JSONL paths or globs
+    # SFT data: 'stdlib' (embedded docstring tasks), 'tasks[:names|:FILE.jsonl]' (verifiable), JSONL paths or globs
+    conversations: tuple[str, ...] = ("stdlib",)
     preferences: tuple[str, ...] = ("stdlib",)  # DPO pairs, same forms
     val_fraction: float = 0.15  # held out by module (stdlib: same hash as data.val_fraction) or by line (JSONL)
     seq_len: int = 128  # tokens per row, one conversation a row, right-padded; longer conversations are left out

@@ -5,7 +5,8 @@ Shapes (one JSON object a line, as most open chat datasets use):
   preference pairs   {"prompt": "..." or [messages], "chosen": "...", "rejected": "..."}
   multiple choice    {"question": "...", "choices": ["...", ...], "answer": index of the right choice}
 
-A source is 'stdlib' (the embedded tasks) or a JSONL path or glob. Every source is split into train and held-out:
+A source is 'stdlib' (the embedded docstring tasks), 'tasks' or 'tasks:...' (verifiable tasks with exact answers,
+jaxllm.posttrain.tasks), or a JSONL path or glob. Every source is split into train and held-out:
 the stdlib by module (`is_validation` on the module file's document id, the hash pretraining splits by, so with
 posttrain.val_fraction >= data.val_fraction every module pretraining held out is held out here too), JSONL files
 by a hash of each line.
@@ -36,6 +37,7 @@ import textwrap
 from jaxllm.config import ConfigError
 from jaxllm.data.prepare import is_validation
 from jaxllm.data.sources import stdlib_root
+from jaxllm.posttrain import tasks
 from jaxllm.posttrain.chat_template import check_messages
 
 SUMMARY_PROMPT = "Write a one-line summary of this function:\n"
@@ -239,7 +241,7 @@ def read_jsonl(pattern: str, kind: str) -> list[tuple[str, dict]]:
     """(line, record) for every line of the files matching pattern, checked against `kind`'s shape."""
     paths = sorted(glob.glob(str(pathlib.Path(pattern).expanduser())))
     if not paths:
-        raise ConfigError(f"{kind} source {pattern!r} matches no file: give a JSONL path or glob, or 'stdlib'")
+        raise ConfigError(f"{kind} source {pattern!r} matches no file: give a JSONL path or glob, 'stdlib' or 'tasks'")
     out = []
     for path in paths:
         with open(path, encoding="utf-8") as f:
@@ -263,6 +265,10 @@ def load(sources: tuple[str, ...], kind: str, val_fraction: float) -> tuple[list
             functions = stdlib_functions(val_fraction)
             train += STDLIB_BUILDERS[kind]([f for f in functions if not f.heldout])
             heldout += STDLIB_BUILDERS[kind]([f for f in functions if f.heldout])
+        elif source == "tasks" or source.startswith("tasks:"):
+            train_problems, heldout_problems = tasks.load(source, val_fraction)
+            train += tasks.records(train_problems, kind)
+            heldout += tasks.records(heldout_problems, kind)
         else:
             for line, record in read_jsonl(source, kind):
                 (heldout if is_validation(line, val_fraction) else train).append(record)

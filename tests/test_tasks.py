@@ -1,0 +1,106 @@
+"""Verifiable tasks: exact answers (checked here by an independent computation), disjoint and stable splits,
+checkers (built in and plugged in), wrong answers the checkers reject, and the chat_data sources they feed."""
+
+import json
+import re
+
+import pytest
+
+from jaxllm.config import ConfigError
+from jaxllm.data.prepare import is_validation
+from jaxllm.posttrain import chat_data, tasks
+
+
+def reply_is_yes(reply: str, answer: str) -> bool:  # a user's checker, plugged in by 'tests.test_tasks:reply_is_yes'
+    return reply.strip().lower() == "yes"
+
+
+INDEPENDENT = {  # each task's answer computed from its prompt, without the generator's code
+    "add": lambda p: str(sum(map(int, re.fullmatch(r"(\d+) \+ (\d+) =", p).groups()))),
+    "multiply": lambda p: str(eval(p.rstrip(" ="), {"__builtins__": {}})),  # noqa: S307
+    "reverse": lambda p: "".join(reversed(p.split()[1])),
+    "sort": lambda p: "".join(sorted(p.split()[1])),
+    "count": lambda p: str(sum(c == p.split()[1] for c in p.split()[3])),
+    "python": lambda p: repr(eval(p.removeprefix("python: "))),  # noqa: S307  full builtins: the generator's are few
+}
+
+
+@pytest.mark.parametrize("task", sorted(tasks.EMBEDDED))
+def test_every_answer_is_exact_and_the_splits_are_disjoint_and_stable(task):
+    train, heldout = tasks.load(f"tasks:{task}", 0.15)
+    for p in train + heldout:
+        assert p.answer == INDEPENDENT[task](p.prompt), p
+        assert tasks.is_correct(p, p.answer) and tasks.is_correct(p, p.answer + "\nand more")
+    assert not {p.prompt for p in train} & {p.prompt for p in heldout}
+    assert len(train) + len(heldout) == len({p.prompt for p in train + heldout})  # no prompt twice
+    assert all(is_validation(p.prompt, 0.15) for p in heldout)  # held out by its prompt, however many are drawn
+    assert 0.08 < len(heldout) / (len(train) + len(heldout)) < 0.22
+    assert tasks.embedded(task, 50) == tasks.embedded(task)[:50]
+
+
+def test_checkers():
+    assert tasks.exact("  deck \nmore text", "deck") and not tasks.exact("decks", "deck") and not tasks.exact("", "a")
+    assert tasks.numeric("the sum is 1030.", "1030") and tasks.numeric("-2.50", "-2.5")
+    assert not tasks.numeric("1031", "1030") and not tasks.numeric("no number", "3")
+    assert tasks.resolve_checker("tests.test_tasks:reply_is_yes")("Yes ", "") is True
+    for bad, message in [
+        ("fuzzy", "use 'exact', 'numeric'"),
+        ("tests.no_such_module:f", "cannot import"),
+        ("tests.test_tasks:nothing", "cannot import"),
+        ("tests.test_tasks:INDEPENDENT", "not a function"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            tasks.resolve_checker(bad)
+
+
+def test_the_expression_task_has_no_builtins_beyond_its_own():
+    assert tasks.evaluate_expression("sorted([3, 1, 2])") == [1, 2, 3]
+    with pytest.raises(NameError):
+        tasks.evaluate_expression("open('x')")
+
+
+def test_wrong_answers_fail_their_checker_and_right_ones_pass():
+    train, _ = tasks.load("tasks", 0.15)
+    sample = train[::97]
+    for pair in tasks.records(sample, "preferences"):
+        problem = next(p for p in sample if p.prompt == pair["prompt"])
+        assert tasks.is_correct(problem, pair["chosen"]) and not tasks.is_correct(problem, pair["rejected"])
+    choices = tasks.records(sample, "choices")
+    assert len(choices) >= 0.9 * len(sample)
+    for item in choices:
+        problem = next(p for p in sample if p.prompt == item["question"])
+        right = [i for i, c in enumerate(item["choices"]) if tasks.is_correct(problem, c)]
+        assert right == [item["answer"]] and len(set(item["choices"])) == 4
+
+
+def test_user_tasks_from_jsonl_through_chat_data(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    lines = [{"prompt": f"twice {i}", "answer": str(2 * i), "checker": "numeric"} for i in range(200)]
+    path.write_text("\n".join(map(json.dumps, lines)) + "\n")
+    train, heldout = chat_data.load((f"tasks:{path}",), "conversations", 0.2)
+    assert len(train) + len(heldout) == 200 and heldout
+    assert train[0]["messages"][1]["content"] == str(2 * int(train[0]["messages"][0]["content"].split()[1]))
+    pairs, _ = chat_data.load((f"tasks:{path}",), "preferences", 0.2)
+    assert all(not tasks.numeric(p["rejected"], p["chosen"]) for p in pairs)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"prompt": "a"}\n', r"mine.jsonl:1: not a task record"),
+        ('{"prompt": "a", "answer": "b", "checker": "nope"}\n', "checker 'nope'"),
+        ("not json\n", r"mine.jsonl:1: not a task record"),
+    ],
+)
+def test_bad_task_files_are_refused_in_one_line(tmp_path, content, message):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        tasks.load(f"tasks:{path}", 0.2)
+
+
+def test_unknown_task_and_missing_file_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="no task division; embedded: add"):
+        tasks.load("tasks:add,division", 0.2)
+    with pytest.raises(ConfigError, match="cannot read it"):
+        tasks.load(f"tasks:{tmp_path / 'none.jsonl'}", 0.2)
