@@ -4,10 +4,12 @@ checkers (built in and plugged in), wrong answers the checkers reject, and the c
 import json
 import re
 
+import numpy as np
 import pytest
 
 from jaxllm.config import ConfigError
 from jaxllm.data.prepare import is_validation
+from jaxllm.eval import verifiable
 from jaxllm.posttrain import chat_data, tasks
 
 
@@ -104,3 +106,24 @@ def test_unknown_task_and_missing_file_are_refused(tmp_path):
         tasks.load("tasks:add,division", 0.2)
     with pytest.raises(ConfigError, match="cannot read it"):
         tasks.load(f"tasks:{tmp_path / 'none.jsonl'}", 0.2)
+
+
+def test_wilson_interval_matches_the_formula_at_its_edges():
+    # p = 0.5, n = 10: center 0.5, half-width 1.96 sqrt(0.025 + 1.96^2/400) / (1 + 1.96^2/10) = 0.2634
+    np.testing.assert_allclose(verifiable.wilson(5, 10), (0.23659, 0.76341), atol=1e-5)
+    np.testing.assert_allclose(verifiable.wilson(0, 10), (0.0, 0.27753), atol=1e-5)  # honest at zero successes
+    np.testing.assert_allclose(verifiable.wilson(10, 10), (0.72247, 1.0), atol=1e-5)
+
+
+def test_pass_at_1_scores_replies_with_each_tasks_checker():
+    problems = verifiable.heldout_problems(0.15, per_task=8)
+    answers = {p.prompt: p.answer for group in problems.values() for p in group}
+    # right on even positions only, wrapped in text the numeric checker reads through and the exact one does not
+    reply = lambda prompts: [f"{answers[q]}\n" if i % 2 == 0 else f"it is {answers[q]}" for i, q in enumerate(prompts)]  # noqa: E731
+    result = verifiable.pass_at_1(problems, reply)
+    for name in ("add", "multiply", "count"):  # numeric: 'it is 42' is right too
+        assert result[name]["pass@1"] == 1.0
+    for name in ("reverse", "sort", "python"):
+        assert result[name]["pass@1"] == 0.5 and result[name]["n"] == 8
+    assert result["all"]["pass@1"] == (3 * 8 + 3 * 4) / 48
+    assert result["all"]["interval_95"] == list(verifiable.wilson(36, 48))

@@ -7,6 +7,8 @@ evaluates only the runs named), one column per run:
   - multiple choice: each choice scored by the log-likelihood of its tokens after the chat-template prompt, total
     and per byte of the choice (length-normalised); JSONL {"question", "choices", "answer"} from --choices, or
     the embedded task (pick a held-out function's docstring summary among four from its module);
+  - verifiable tasks: greedy pass@1 per embedded task on held-out problems, with Wilson 95% intervals
+    (jaxllm.eval.verifiable);
   - DPO runs: held-out reward accuracy (and loss, margin) against their reference, the run they started from;
   - greedy replies to a fixed prompt set (held-out questions).
 Prints one table and writes it all as JSON (--out, default <last run_dir>/evaluation.json).
@@ -23,6 +25,7 @@ import numpy as np
 
 from jaxllm.config import ConfigError, config_from_dict
 from jaxllm.data.prepare import prepare
+from jaxllm.eval import verifiable
 from jaxllm.inference.generate import SamplingConfig, complete
 from jaxllm.model.scoring import sequence_logprobs, summed_logprobs
 from jaxllm.posttrain import chat_data
@@ -111,6 +114,7 @@ def multiple_choice(run, items: list[dict]) -> dict:
     )
     return {
         "mc_acc": float(np.mean(total == answers)),
+        "mc_acc_interval_95": list(verifiable.wilson(int(np.sum(total == answers)), len(items))),
         "mc_acc_norm": float(np.mean(per_byte == answers)),
         "mc_chance": float(np.mean([1 / len(item["choices"]) for item in items])),
         "mc_items": len(items),
@@ -168,6 +172,7 @@ def evaluate_runs(
         c["messages"][0]["content"]
         for c in chat_data.load(("stdlib",), "conversations", val_fraction)[1][: 2 * n_samples : 2]
     ]
+    problems = verifiable.heldout_problems(val_fraction)
     windows = heldout_windows(prepare(first.cfg, progress=False).val_tokens, first.cfg.model.block_size, text_windows)
     text = first.tokenizer.decode(windows["targets"].reshape(-1))
     out = {
@@ -186,6 +191,7 @@ def evaluate_runs(
             result["chat_tasks_skipped"] = unencodable
         else:
             result.update(multiple_choice(run, items), samples=replies(run, questions, sample_tokens))
+            result["tasks"] = verifiable.pass_at_1(problems, lambda prompts, run=run: replies(run, prompts, 16))
         if run.cfg.posttrain.stage == "dpo":
             reference = runs.get(run.cfg.train.init_from) or load_run(pathlib.Path(run.cfg.train.init_from))
             pairs = chat_data.load(run.cfg.posttrain.preferences, "preferences", run.cfg.posttrain.val_fraction)[1]
@@ -209,6 +215,13 @@ def format_table(results: dict) -> str:
         ("held-out loss (nats/token)", figure("val_loss")),
         ("held-out bits/byte", figure("val_bpb")),
         ("multiple choice acc (total)", figure("mc_acc", "{:.3f}")),
+        (
+            "  95% interval",
+            [
+                "[{:.2f}, {:.2f}]".format(*r["mc_acc_interval_95"]) if "mc_acc_interval_95" in r else "-"
+                for r in results["runs"].values()
+            ],
+        ),
         ("multiple choice acc (per byte)", figure("mc_acc_norm", "{:.3f}")),
         ("multiple choice chance", figure("mc_chance", "{:.3f}")),
         (
@@ -220,6 +233,20 @@ def format_table(results: dict) -> str:
             [f"{r['dpo_heldout']['margin']:.3f}" if "dpo_heldout" in r else "-" for r in results["runs"].values()],
         ),
     ]
+    task_names = next((list(r["tasks"]) for r in results["runs"].values() if "tasks" in r), [])
+    for task in task_names:
+        rows.append(
+            (
+                f"pass@1 {task}",
+                [
+                    "{:.2f} [{:.2f}, {:.2f}]".format(r["tasks"][task]["pass@1"], *r["tasks"][task]["interval_95"])
+                    if "tasks" in r
+                    else "-"
+                    for r in results["runs"].values()
+                ],
+            )
+        )
+    width = max(width, *(len(v) + 2 for _, values in rows for v in values))
     lines = [f"{label:<32}" + "".join(f"{v:>{width}}" for v in values) for label, values in rows]
     lines.append(
         f"\nheld-out text: {results['heldout_text_bytes']:,} bytes; bits/byte: model "
