@@ -235,6 +235,8 @@ def test_time_budget_measures_plans_and_steers_to_its_deadline(tiny_corpus, tmp_
     assert outcome["planned_steps"] == plan["steps"] and outcome["achieved_steps"] == result["steps"]
     assert result["steps"] < 0.7 * plan["steps"]
     assert (tmp_path / "run" / "checkpoints" / str(result["steps"])).is_dir()
+    ends = [r["end"] for r in records if "end" in r]  # the end each progress line knew: planned, then steered
+    assert ends[0] == plan["steps"] and ends[-1] == result["steps"]
     last = [r for r in records if "lr" in r][-1]
     assert last["step"] == result["steps"] and last["lr"] < 0.15 * cfg.optim.lr  # the floor is a tenth of the peak
 

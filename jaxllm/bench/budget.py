@@ -154,12 +154,16 @@ def budget_table(result: dict) -> str:
     for r in result["rows"]:
         if r["plan"]:
             p = r["plan"]
+            law = ""
+            if "law_val_loss_at_achieved_steps" in p:  # results before steered runs have no such figure
+                law = (
+                    f", by the law for the {p['achieved_steps']:,} steps run {p['law_val_loss_at_achieved_steps']:.4f}"
+                    f" ({100 * (p['achieved_val_loss'] / p['law_val_loss_at_achieved_steps'] - 1):+.1f}%)"
+                )
             lines.append(
                 f"\nplan against outcome ({r['run']}): val_loss planned {p['planned_val_loss']:.4f}, achieved "
-                f"{p['achieved_val_loss']:.4f} ({100 * (p['achieved_val_loss'] / p['planned_val_loss'] - 1):+.1f}%), "
-                f"by the law for the {p['achieved_steps']:,} steps run {p['law_val_loss_at_achieved_steps']:.4f} "
-                f"({100 * (p['achieved_val_loss'] / p['law_val_loss_at_achieved_steps'] - 1):+.1f}%);"
-                f" time planned {p['planned_s']:.0f} s, achieved {p['achieved_s']:.0f} s "
+                f"{p['achieved_val_loss']:.4f} ({100 * (p['achieved_val_loss'] / p['planned_val_loss'] - 1):+.1f}%)"
+                f"{law}; time planned {p['planned_s']:.0f} s, achieved {p['achieved_s']:.0f} s "
                 f"({100 * (p['achieved_s'] / result['budget_s'] - 1):+.1f}% of the budget)"
             )
     return "\n".join(lines)

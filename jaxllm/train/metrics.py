@@ -62,6 +62,7 @@ class Progress:
         self.log.write(
             {
                 "step": done,
+                "end": self.steps,  # the run's last step as planned, or as steered by now
                 "loss": loss,
                 "lr": lr,
                 "grad_norm": float(metrics["grad_norm"]),
