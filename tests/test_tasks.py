@@ -103,7 +103,7 @@ def test_bad_task_files_are_refused_in_one_line(tmp_path, content, message):
 
 def test_unknown_task_and_missing_file_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="no task division; embedded: add"):
-        tasks.load("tasks:add,division", 0.2)
+        tasks.load("tasks:add+division", 0.2)
     with pytest.raises(ConfigError, match="cannot read it"):
         tasks.load(f"tasks:{tmp_path / 'none.jsonl'}", 0.2)
 

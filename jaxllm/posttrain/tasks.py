@@ -6,7 +6,7 @@ a CPU in minutes. Not for: reading chat JSONL (jaxllm.posttrain.chat_data, which
 
 Sources (posttrain.conversations, posttrain.preferences):
   tasks                   every embedded task
-  tasks:add,reverse       some of them (EMBEDDED's names)
+  tasks:add+reverse       some of them (EMBEDDED's names, joined by + since a flag splits lists at commas)
   tasks:PATH.jsonl        the user's own: {"prompt": "...", "answer": "...", "checker": "exact"} a line, where the
                           optional checker is 'exact', 'numeric' or 'package.module:function' (reply, answer) -> bool
 
@@ -194,7 +194,7 @@ def load(source: str, val_fraction: float) -> tuple[list[Problem], list[Problem]
     if spec.endswith(".jsonl"):
         problems = read_task_file(spec)
     else:
-        names = spec.split(",") if spec else list(EMBEDDED)
+        names = spec.split("+") if spec else list(EMBEDDED)
         unknown = [n for n in names if n not in EMBEDDED]
         if unknown:
             raise ConfigError(
