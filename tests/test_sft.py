@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxllm.config import ConfigError, ModelConfig, PosttrainConfig, replace
+from jaxllm.config import ConfigError, ModelConfig, PosttrainConfig, replace, validate
 from jaxllm.posttrain.common import start_config, step_indices
+from jaxllm.posttrain.sft import mixed_rows, sft_stage
 from jaxllm.train import checkpoint, command
+from jaxllm.train.loop import run
 from jaxllm.train.step import mean_loss as eager_mean_loss
 from tests.conftest import random_model, tiny_config
 
@@ -45,6 +47,31 @@ def test_masked_tokens_change_nothing():
     nats = -jax.nn.log_softmax(nnx.merge(graphdef, params)(jnp.asarray(inputs))[0])
     per_token = np.take_along_axis(np.asarray(nats), targets[..., None], -1)[..., 0]
     np.testing.assert_allclose(loss, per_token[:, 5:9].mean(), rtol=1e-5)
+
+
+def test_mixed_batches_weigh_conversations_and_text_by_text_mix():
+    graphdef, params = tiny_params()
+    rng = np.random.default_rng(1)
+    chat = {k: rng.integers(8, 64, (3, 16)).astype(np.int32) for k in ("inputs", "targets")}
+    chat["loss_mask"] = np.zeros((3, 16), np.float32)
+    chat["loss_mask"][:, 4:7] = 1  # 9 assistant tokens
+    text = {k: rng.integers(8, 64, (1, 16)).astype(np.int32) for k in ("inputs", "targets")}
+    mixed = mixed_rows(chat, text, 0.25)
+    np.testing.assert_allclose(mixed["loss_mask"].sum(), 1.0, rtol=1e-6)
+    nats = -jax.nn.log_softmax(nnx.merge(graphdef, params)(jnp.asarray(mixed["inputs"]))[0])
+    per_token = np.take_along_axis(np.asarray(nats), mixed["targets"][..., None], -1)[..., 0]
+    expected = 0.75 * per_token[:3, 4:7].mean() + 0.25 * per_token[3].mean()
+    np.testing.assert_allclose(mean_loss(params, graphdef, mixed)[0], expected, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_sft_with_pretraining_text_mixed_in(tiny_lineage, tmp_path):
+    cfg = tiny_lineage["sft_cfg"]
+    mixed = replace(cfg, posttrain=replace(cfg.posttrain, text_mix=0.5), train=replace(cfg.train, steps=3))
+    result = run(mixed, tmp_path / "mixed", progress=False, make_stage=sft_stage)
+    assert result["step"] == 3 and np.isfinite(result["val_loss"])
+    with pytest.raises(ConfigError, match="mixes pretraining text into SFT only"):
+        validate(replace(tiny_lineage["dpo_cfg"], posttrain=replace(tiny_lineage["dpo_cfg"].posttrain, text_mix=0.2)))
 
 
 def test_step_indices_are_epochs_and_pure():

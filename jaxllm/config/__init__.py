@@ -128,6 +128,7 @@ class PosttrainConfig:
     val_fraction: float = 0.15  # held out by module (stdlib: same hash as data.val_fraction) or by line (JSONL)
     seq_len: int = 128  # tokens per row, one conversation a row, right-padded; longer conversations are left out
     beta: float = 0.1  # DPO: how strongly the policy is held near the reference (the starting checkpoint)
+    text_mix: float = 0.0  # SFT: the share of each batch (rows and loss) that is pretraining text, against forgetting
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,11 @@ def validate(cfg: Config) -> Config:
         ),
         (0 < pt.val_fraction < 1, f"posttrain.val_fraction={pt.val_fraction}: must be between 0 and 1"),
         (pt.beta > 0, f"posttrain.beta={pt.beta}: must be positive"),
+        (0 <= pt.text_mix < 1, f"posttrain.text_mix={pt.text_mix}: must be in [0, 1)"),
+        (
+            pt.text_mix == 0 or pt.stage == "sft",
+            f"posttrain.text_mix={pt.text_mix} mixes pretraining text into SFT only: drop it for this stage",
+        ),
         (t.steps >= 1, f"train.steps={t.steps}: must be at least 1"),
         (t.batch_size >= 1, f"train.batch_size={t.batch_size}: must be at least 1"),
         (
