@@ -114,3 +114,23 @@ def test_train_command_line(tiny_corpus, tmp_path):
     out = proc.stdout
     assert "step 6/6" in out and "tok/s" in out and "MFU" in out and "ETA" in out
     assert "final: val_loss" in out and "val_bpb" in out and "checkpoint:" in out and "sample:" in out
+
+
+@pytest.mark.slow
+def test_resuming_with_more_steps_moves_the_schedules_end_continuously(finished_run, tmp_path):
+    """From the step-8 checkpoint of a 12-step run (warmup 2), resumed to 16 steps: the cosine's progress at step 8,
+    (8 - 2) / (12 - 2) = 0.6, runs on linearly to 1 at step 16 instead of jumping to a 16-step schedule's."""
+    cfg, run_dir, _ = finished_run
+    longer = tmp_path / "longer"
+    shutil.copytree(run_dir, longer)
+    shutil.rmtree(longer / "checkpoints" / "12")
+    kept = [line for line in (longer / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 8]
+    (longer / "metrics.jsonl").write_text("\n".join(kept) + "\n")
+    result = run(replace(cfg, train=replace(cfg.train, steps=16)), longer, progress=False)
+    assert result["step"] == 16
+    logged = {r["step"]: r for r in _records(longer) if "lr" in r and r["step"] > 8}
+    for done in (10, 12, 14, 16):  # a record's rate is that of its last update, made at step done - 1
+        progress = 0.6 + 0.4 * (done - 1 - 8) / 8
+        expected = cfg.optim.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress)))
+        np.testing.assert_allclose(logged[done]["lr"], expected, rtol=1e-5)
+        assert logged[done]["end"] == 16
