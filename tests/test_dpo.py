@@ -9,7 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxllm.posttrain.dpo import dpo_loss, make_loss_fn, masked_logprobs
+from jaxllm.config import ConfigError, replace, validate
+from jaxllm.posttrain import tasks
+from jaxllm.posttrain.dpo import dpo_loss, make_loss_fn, masked_logprobs, own_mistakes
+from jaxllm.train.checkpoint import load_run
 from tests.test_sft import tiny_params
 
 
@@ -56,3 +59,26 @@ def test_dpo_end_to_end(tiny_lineage):
     assert {"reward_acc", "chosen_reward", "rejected_reward", "margin"} <= logged[0].keys()
     assert logged[0]["step"] == 1 and abs(logged[0]["loss"] - math.log(2)) < 1e-4  # step 1: policy = reference
     assert abs(logged[0]["margin"]) < 1e-4
+
+
+@pytest.mark.slow
+def test_own_mistakes_pair_the_answer_with_the_models_wrong_greedy_reply(tiny_lineage):
+    run = load_run(tiny_lineage["root"] / "sft")
+    problems = tasks.load("tasks:count", 0.15)[0][:6]
+    pairs = own_mistakes(run.cfg, run.graphdef, run.params, run.tokenizer, problems)
+    assert pairs  # a 6-step model counts badly
+    by_prompt = {p.prompt: p for p in problems}
+    for pair in pairs:
+        problem = by_prompt[pair["prompt"]]
+        assert pair["chosen"] == problem.answer and not tasks.is_correct(problem, pair["rejected"])
+
+
+@pytest.mark.slow
+def test_own_mistakes_need_dpo_and_a_task_source(tiny_lineage):
+    dpo = tiny_lineage["dpo_cfg"]
+    with pytest.raises(ConfigError, match="a 'tasks' source in posttrain.preferences"):
+        validate(replace(dpo, posttrain=replace(dpo.posttrain, own_mistakes=64)))  # its pairs are a JSONL file
+    sft = tiny_lineage["sft_cfg"]
+    with pytest.raises(ConfigError, match="use it with python -m jaxllm.dpo"):
+        validate(replace(sft, posttrain=replace(sft.posttrain, own_mistakes=64, preferences=("tasks",))))
+    validate(replace(dpo, posttrain=replace(dpo.posttrain, own_mistakes=64, preferences=("tasks:count",))))

@@ -129,6 +129,7 @@ class PosttrainConfig:
     seq_len: int = 128  # tokens per row, one conversation a row, right-padded; longer conversations are left out
     beta: float = 0.1  # DPO: how strongly the policy is held near the reference (the starting checkpoint)
     text_mix: float = 0.0  # SFT: the share of each batch (rows and loss) that is pretraining text, against forgetting
+    own_mistakes: int = 0  # DPO: train problems of the task sources the start answers greedily; wrong replies: rejected
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,12 @@ def validate(cfg: Config) -> Config:
         (0 < pt.val_fraction < 1, f"posttrain.val_fraction={pt.val_fraction}: must be between 0 and 1"),
         (pt.beta > 0, f"posttrain.beta={pt.beta}: must be positive"),
         (0 <= pt.text_mix < 1, f"posttrain.text_mix={pt.text_mix}: must be in [0, 1)"),
+        (pt.own_mistakes >= 0, f"posttrain.own_mistakes={pt.own_mistakes}: must be 0 (off) or a number of problems"),
+        (
+            pt.own_mistakes == 0 or (pt.stage == "dpo" and any(s.split(":")[0] == "tasks" for s in pt.preferences)),
+            f"posttrain.own_mistakes={pt.own_mistakes} makes DPO pairs of verifiable tasks: use it with "
+            "python -m jaxllm.dpo and a 'tasks' source in posttrain.preferences",
+        ),
         (
             pt.text_mix == 0 or pt.stage == "sft",
             f"posttrain.text_mix={pt.text_mix} mixes pretraining text into SFT only: drop it for this stage",

@@ -28,7 +28,7 @@ from jaxllm.data.prepare import prepare
 from jaxllm.eval import verifiable
 from jaxllm.inference.generate import SamplingConfig, complete
 from jaxllm.model.scoring import sequence_logprobs, summed_logprobs
-from jaxllm.posttrain import chat_data
+from jaxllm.posttrain import chat_data, tasks
 from jaxllm.posttrain.chat_template import STOP_IDS, reply_prompt
 from jaxllm.posttrain.dpo import pair_rows, preference_metrics
 from jaxllm.train import checkpoint
@@ -191,7 +191,8 @@ def evaluate_runs(
             result["chat_tasks_skipped"] = unencodable
         else:
             result.update(multiple_choice(run, items), samples=replies(run, questions, sample_tokens))
-            result["tasks"] = verifiable.pass_at_1(problems, lambda prompts, run=run: replies(run, prompts, 16))
+            reply = lambda prompts, run=run: replies(run, prompts, tasks.REPLY_TOKENS)
+            result["tasks"] = verifiable.pass_at_1(problems, reply)
         if run.cfg.posttrain.stage == "dpo":
             reference = runs.get(run.cfg.train.init_from) or load_run(pathlib.Path(run.cfg.train.init_from))
             pairs = chat_data.load(run.cfg.posttrain.preferences, "preferences", run.cfg.posttrain.val_fraction)[1]

@@ -265,7 +265,7 @@ def load(sources: tuple[str, ...], kind: str, val_fraction: float) -> tuple[list
             functions = stdlib_functions(val_fraction)
             train += STDLIB_BUILDERS[kind]([f for f in functions if not f.heldout])
             heldout += STDLIB_BUILDERS[kind]([f for f in functions if f.heldout])
-        elif source == "tasks" or source.startswith("tasks:"):
+        elif tasks.is_task_source(source):
             train_problems, heldout_problems = tasks.load(source, val_fraction)
             train += tasks.records(train_problems, kind)
             heldout += tasks.records(heldout_problems, kind)

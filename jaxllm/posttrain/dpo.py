@@ -19,9 +19,10 @@ import numpy as np
 
 from jaxllm import sharding
 from jaxllm.config import Config, ConfigError
+from jaxllm.inference.generate import SamplingConfig, complete
 from jaxllm.model.scoring import sequence_logprobs, token_logprobs
-from jaxllm.posttrain import chat_data
-from jaxllm.posttrain.chat_template import render, training_row
+from jaxllm.posttrain import chat_data, tasks
+from jaxllm.posttrain.chat_template import STOP_IDS, render, reply_prompt, training_row
 from jaxllm.posttrain.common import (
     chat_sample,
     conversation_rows,
@@ -117,11 +118,50 @@ def preference_metrics(graphdef, policy: dict, reference: dict, rows: dict[str, 
     return {"loss": float(loss), **{k: float(v) for k, v in metrics.items()}, "pairs": len(rows["chosen_inputs"])}
 
 
+OWN_MISTAKES_BATCH = 256  # prompts generated at once
+
+
+def own_mistakes(cfg: Config, graphdef, params: dict, tokenizer, problems: list[tasks.Problem]) -> list[dict]:
+    """Preference pairs of each problem's answer against the model's own greedy reply, where its checker rejects
+    the reply: the errors the model makes, rather than near misses it may never produce."""
+    prompts = [reply_prompt([{"role": "user", "content": p.prompt}], tokenizer.encode) for p in problems]
+    sampling = SamplingConfig(max_new_tokens=tasks.REPLY_TOKENS, temperature=0.0)
+    replies = []
+    for i in range(0, len(prompts), OWN_MISTAKES_BATCH):
+        replies += complete(
+            graphdef,
+            params,
+            cfg.model,
+            tokenizer.encode,
+            tokenizer.decode,
+            prompts[i : i + OWN_MISTAKES_BATCH],
+            sampling,
+            STOP_IDS,
+        )
+    return [
+        {"prompt": p.prompt, "chosen": p.answer, "rejected": r.strip()}
+        for p, r in zip(problems, replies)
+        if r.strip() and not tasks.is_correct(p, r)
+    ]
+
+
+def _task_problems(pt, n: int) -> list[tasks.Problem]:
+    """n train problems of the task sources, drawn evenly (a fixed shuffle)."""
+    problems = [p for s in pt.preferences if tasks.is_task_source(s) for p in tasks.load(s, pt.val_fraction)[0]]
+    return [problems[i] for i in np.random.default_rng(0).permutation(len(problems))[:n]]
+
+
 def dpo_stage(cfg: Config, mesh, progress: bool) -> Stage:
     pt, batch = cfg.posttrain, cfg.train.batch_size
     tokenizer = starting_tokenizer(cfg)
     train, heldout = chat_data.load(pt.preferences, "preferences", pt.val_fraction)
     chat_data.check_split(train, heldout, "posttrain.preferences")
+    trainer, abstract_state = make_trainer(cfg, mesh)  # for the parameters' structure and shardings only
+    reference = checkpoint.restore_latest_params(cfg.train.init_from, cfg.model, abstract_state["params"])
+    own = []
+    if pt.own_mistakes:
+        own = own_mistakes(cfg, trainer.graphdef, reference, tokenizer, _task_problems(pt, pt.own_mistakes))
+    train = train + own
     train_rows, dropped = pair_rows(train, tokenizer.encode, pt.seq_len)
     heldout_chosen, _ = conversation_rows(
         [{"messages": chat_data.prompt_messages(p) + [{"role": "assistant", "content": p["chosen"]}]} for p in heldout],
@@ -131,12 +171,11 @@ def dpo_stage(cfg: Config, mesh, progress: bool) -> Stage:
     n = len(train_rows["chosen_inputs"])
     if progress:
         print(
-            f"[dpo] {n} train pairs ({dropped} longer than posttrain.seq_len={pt.seq_len} left out), "
+            f"[dpo] {n} train pairs ({len(own)} the starting model's wrong replies to {pt.own_mistakes} problems; "
+            f"{dropped} longer than posttrain.seq_len={pt.seq_len} left out), "
             f"{len(heldout)} held out; policy and frozen reference from {cfg.train.init_from}, beta {pt.beta}"
         )
 
-    trainer, abstract_state = make_trainer(cfg, mesh)  # for the parameters' structure and shardings only
-    reference = checkpoint.restore_latest_params(cfg.train.init_from, cfg.model, abstract_state["params"])
     row = sharding.batch_sharding(mesh)
     reference_logprobs = jax.jit(masked_logprobs, static_argnums=1, out_shardings=row)
 

@@ -32,6 +32,7 @@ from jaxllm.config import ConfigError
 from jaxllm.data.prepare import is_validation
 
 PROBLEMS_PER_TASK = 3000  # drawn per embedded task, before the held-out split
+REPLY_TOKENS = 16  # a reply to a task is scored on its first tokens: every embedded answer is shorter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +187,10 @@ def read_task_file(path: str) -> list[Problem]:
         resolve_checker(checker)  # refused now, not when first scored
         problems.append(Problem(path, record["prompt"], record["answer"], checker))
     return problems
+
+
+def is_task_source(source: str) -> bool:
+    return source == "tasks" or source.startswith("tasks:")
 
 
 def load(source: str, val_fraction: float) -> tuple[list[Problem], list[Problem]]:
