@@ -1,5 +1,6 @@
 """`python -m jaxllm.evaluate --run_dir=runs/base_dpo [--run_dir=...] [--choices=FILE.jsonl]`: one column per run
-(and the runs each started from), printed as a table and written as JSON. See jaxllm.eval.suite."""
+(and the runs each started from), printed as a table and written as JSON, with a PNG of pass@1 per task and
+stage. See jaxllm.eval.suite."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 
 from jaxllm.cli import ArgumentParser, run_main
 from jaxllm.config import ConfigError
-from jaxllm.eval.suite import evaluate_runs, format_table, lineage
+from jaxllm.eval.suite import evaluate_runs, format_table, lineage, plot_tasks
 
 
 def main(argv: list[str]) -> int:
@@ -36,7 +37,10 @@ def main(argv: list[str]) -> int:
     print(format_table(results))
     out = pathlib.Path(args.out or pathlib.Path(args.run_dir[-1]) / "evaluation.json")
     out.write_text(json.dumps(results, indent=2))
-    print(f"\nwritten: {out}")
+    written = [str(out)]
+    if plot_tasks(results, out.with_suffix(".png")):
+        written.append(str(out.with_suffix(".png")))
+    print(f"\nwritten: {', '.join(written)}")
     return 0
 
 

@@ -75,6 +75,8 @@ def test_evaluate_lineage_end_to_end(tiny_lineage, capsys):
     assert [r["stage"] for r in results["runs"].values()] == ["base", "sft", "dpo"]
     dpo = results["runs"][str(root / "dpo")]
     assert 0 <= dpo["dpo_heldout"]["reward_acc"] <= 1 and dpo["mc_items"] == 20 and dpo["mc_chance"] == 0.5
+    assert "pass@1 count" in out and "McNemar" in out and len(dpo["tasks"]["count"]["correct"]) == 64
+    assert (root / "dpo" / "evaluation.png").stat().st_size > 1000
 
 
 def test_chat_tasks_a_character_tokenizer_cannot_encode_are_named_not_crashed_on(tmp_path):

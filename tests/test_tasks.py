@@ -127,3 +127,13 @@ def test_pass_at_1_scores_replies_with_each_tasks_checker():
         assert result[name]["pass@1"] == 0.5 and result[name]["n"] == 8
     assert result["all"]["pass@1"] == (3 * 8 + 3 * 4) / 48
     assert result["all"]["interval_95"] == list(verifiable.wilson(36, 48))
+
+
+def test_mcnemar_counts_only_the_problems_one_stage_alone_solved():
+    # 5 gained, none lost: two-sided 2 x (1/2)^5; problems both or neither solved change nothing
+    assert verifiable.mcnemar_p([False] * 5 + [True, False], [True] * 5 + [True, False]) == 2 / 32
+    assert verifiable.mcnemar_p([False] * 6, [True] * 6) == 2 / 64
+    assert verifiable.mcnemar_p([True, True, True, False, False, False], [False, False, False, True, True, True]) == 1.0
+    assert verifiable.mcnemar_p([True, False], [True, False]) == 1.0
+    # 7 gained, 1 lost: 2 x (C(8,0) + C(8,1)) / 2^8
+    assert verifiable.mcnemar_p([False] * 7 + [True], [True] * 7 + [False]) == 2 * 9 / 256

@@ -28,6 +28,7 @@ from jaxllm.data.prepare import prepare
 from jaxllm.eval import verifiable
 from jaxllm.inference.generate import SamplingConfig, complete
 from jaxllm.model.scoring import sequence_logprobs, summed_logprobs
+from jaxllm.plots import plt, save_figure
 from jaxllm.posttrain import chat_data, tasks
 from jaxllm.posttrain.chat_template import STOP_IDS, reply_prompt
 from jaxllm.posttrain.dpo import pair_rows, preference_metrics
@@ -236,17 +237,18 @@ def format_table(results: dict) -> str:
     ]
     task_names = next((list(r["tasks"]) for r in results["runs"].values() if "tasks" in r), [])
     for task in task_names:
-        rows.append(
-            (
-                f"pass@1 {task}",
-                [
-                    "{:.2f} [{:.2f}, {:.2f}]".format(r["tasks"][task]["pass@1"], *r["tasks"][task]["interval_95"])
-                    if "tasks" in r
-                    else "-"
-                    for r in results["runs"].values()
-                ],
-            )
-        )
+        cells, before = [], None
+        for r in results["runs"].values():
+            if "tasks" not in r:
+                cells.append("-")
+                continue
+            t = r["tasks"][task]
+            cell = "{:.2f} [{:.2f}, {:.2f}]".format(t["pass@1"], *t["interval_95"])
+            if before is not None and verifiable.mcnemar_p(before, t["correct"]) < verifiable.SIGNIFICANCE:
+                cell += "*"  # differs from the stage before it
+            cells.append(cell)
+            before = t["correct"]
+        rows.append((f"pass@1 {task}", cells))
     width = max(width, *(len(v) + 2 for _, values in rows for v in values))
     lines = [f"{label:<32}" + "".join(f"{v:>{width}}" for v in values) for label, values in rows]
     lines.append(
@@ -255,6 +257,11 @@ def format_table(results: dict) -> str:
         + " | "
         + ", ".join(f"{k} {v:.3f}" for k, v in results["compressors"].items())
     )
+    if task_names:
+        lines.append(
+            f"pass@1: greedy, on held-out task problems, with Wilson 95% intervals; * differs from the stage before "
+            f"it (McNemar's exact test, p < {verifiable.SIGNIFICANCE})"
+        )
     scored = {n: r for n, r in results["runs"].items() if "samples" in r}
     if scored:
         lines.append(f"multiple choice: {next(iter(scored.values()))['mc_items']} items from {results['mc_source']}")
@@ -265,3 +272,25 @@ def format_table(results: dict) -> str:
         lines.append(f"\nuser: {question}")
         lines += [f"  {pathlib.Path(n).name}: {r['samples'][i].strip()[:160]!r}" for n, r in scored.items()]
     return "\n".join(lines)
+
+
+def plot_tasks(results: dict, out: pathlib.Path) -> bool:
+    """evaluation.png: pass@1 per task and stage with 95% intervals; False (nothing written) without task scores."""
+    runs = {pathlib.Path(n).name: r["tasks"] for n, r in results["runs"].items() if "tasks" in r}
+    if not runs:
+        return False
+    task_names = list(next(iter(runs.values())))
+    width = 0.8 / len(runs)
+    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(task_names)), 4.2))
+    for i, (name, scores) in enumerate(runs.items()):
+        x = np.arange(len(task_names)) + (i - (len(runs) - 1) / 2) * width
+        rate = np.array([scores[t]["pass@1"] for t in task_names])
+        low, high = (np.array([scores[t]["interval_95"][j] for t in task_names]) for j in (0, 1))
+        errors = np.maximum([rate - low, high - rate], 0.0)  # Wilson bounds sit a rounding away from rate at 0 or 1
+        ax.bar(x, rate, width, yerr=errors, capsize=3, label=name)
+    ax.set_xticks(np.arange(len(task_names)), task_names)
+    ax.set(ylabel="pass@1 (greedy), 95% interval", ylim=(0, 1), title="held-out verifiable tasks")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    save_figure(fig, out)
+    return True

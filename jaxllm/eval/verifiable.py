@@ -2,7 +2,8 @@
 
 A reply is the model's greedy answer to the task's prompt as one user turn of the chat template, scored by the
 task's own checker. The interval is Wilson's score interval, which stays inside [0, 1] and is honest at 0 and n
-successes, where pass rates of small models sit.
+successes, where pass rates of small models sit. Two stages answered the same problems, so whether one beats
+the other is McNemar's exact test on the problems only one of them got right (`mcnemar_p`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,34 @@ def pass_at_1(problems: dict[str, list[tasks.Problem]], reply: Callable[[list[st
     out, right_all, n_all = {}, 0, 0
     for name, group in problems.items():
         answers = reply([p.prompt for p in group])
-        right = sum(tasks.is_correct(p, a) for p, a in zip(group, answers))
-        out[name] = {"pass@1": right / len(group), "interval_95": list(wilson(right, len(group))), "n": len(group)}
+        correct = [bool(tasks.is_correct(p, a)) for p, a in zip(group, answers)]
+        right = sum(correct)
+        out[name] = {
+            "pass@1": right / len(group),
+            "interval_95": list(wilson(right, len(group))),
+            "n": len(group),
+            "correct": correct,
+        }
         right_all, n_all = right_all + right, n_all + len(group)
-    out["all"] = {"pass@1": right_all / n_all, "interval_95": list(wilson(right_all, n_all)), "n": n_all}
+    out["all"] = {
+        "pass@1": right_all / n_all,
+        "interval_95": list(wilson(right_all, n_all)),
+        "n": n_all,
+        "correct": [c for name in problems for c in out[name]["correct"]],
+    }
     return out
+
+
+def mcnemar_p(before: list[bool], after: list[bool]) -> float:
+    """Two-sided exact McNemar test that two models solving the same problems pass equally often: the binomial
+    test of the problems only one of them solved."""
+    gained = sum(a and not b for b, a in zip(before, after))
+    lost = sum(b and not a for b, a in zip(before, after))
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+SIGNIFICANCE = 0.05  # a stage's pass@1 differs from the one before it when McNemar's p is below this
