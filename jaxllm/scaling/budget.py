@@ -136,13 +136,19 @@ def run_seconds(m: Measured, steps: int, costs: Costs) -> float:
     )
 
 
+def _last_fitting(lo: int, hi: int, fits) -> int:
+    """The largest n in [lo, hi) with fits(n), by bisection: fits holds up to some n and not after (lo is taken to
+    fit, hi not)."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
 def affordable_steps(m: Measured, budget_s: float, costs: Costs) -> int:
     """The most steps whose predicted run time fits in budget_s (0 when not even MIN_STEPS do)."""
-    lo, hi = 0, max(1, int(budget_s / m.step_s) + 1)
-    while hi - lo > 1:  # run_seconds grows with steps
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if run_seconds(m, mid, costs) <= budget_s else (lo, mid)
-    return lo if lo >= MIN_STEPS else 0
+    steps = _last_fitting(0, max(1, int(budget_s / m.step_s) + 1), lambda n: run_seconds(m, n, costs) <= budget_s)
+    return steps if steps >= MIN_STEPS else 0
 
 
 def steps_that_fit(seconds_left: float, step_s: float, done: int, intervals: dict[int, float], final_s: float) -> int:
@@ -154,11 +160,7 @@ def steps_that_fit(seconds_left: float, step_s: float, done: int, intervals: dic
         pauses = sum(cost * ((end - 1) // every - done // every) for every, cost in intervals.items())
         return (end - done) * step_s + pauses + final_s
 
-    lo, hi = done + 1, done + 2 + max(int(seconds_left / step_s), 0)
-    while hi - lo > 1:  # seconds() grows with end
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if seconds(mid) <= seconds_left else (lo, mid)
-    return lo
+    return _last_fitting(done + 1, done + 2 + max(int(seconds_left / step_s), 0), lambda n: seconds(n) <= seconds_left)
 
 
 def steps_for_flops(model: ModelConfig, tokens_per_step: int, budget_flops: float) -> int:

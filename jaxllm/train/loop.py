@@ -34,7 +34,7 @@ from jaxllm.model.accounting import flops_per_token, param_count
 from jaxllm.plots import plot_loss
 from jaxllm.scaling.budget import CHECKPOINT_S, find_law, steps_that_fit
 from jaxllm.scaling.budget import apply as apply_plan
-from jaxllm.train import budget, checkpoint, optim
+from jaxllm.train import budget, checkpoint, optim, plan_report
 from jaxllm.train import step as step_lib
 from jaxllm.train.evaluation import evaluate
 from jaxllm.train.metrics import MetricsLog, Progress, clock_from
@@ -132,7 +132,7 @@ def run(
             "compute_dtype": model_cfg.compute_dtype,
         }
         if plan is not None:
-            final["plan"] = budget.outcome(plan, final, clock() if latest is None else None)
+            final["plan"] = plan_report.outcome(plan, final, clock() if latest is None else None)
             MetricsLog(run_dir / "metrics.jsonl", jax.process_index() == 0).write(final["plan"])
         checkpoint.save(mngr, end, state, cfg, stage.tokenizer, extra={"final": final})
         mngr.wait_until_finished()
@@ -280,14 +280,14 @@ def _finish(run_dir: pathlib.Path, final: dict, sample: str, say, plan: dict | N
     if jax.process_index() == 0:
         plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
         if plan is not None:
-            budget.plot(run_dir / "metrics.jsonl", plan, run_dir / "plan.png")
+            plan_report.plot(run_dir / "metrics.jsonl", plan, run_dir / "plan.png")
     ckpt = run_dir / "checkpoints" / str(final["steps"])
     say(
         f"\nfinal: val_loss {final['val_loss']:.4f} | val_bpb {final['val_bpb']:.4f} | "
         f"{final['tokens_per_s']:,.0f} tok/s | {final['params'] / 1e6:.2f}M params"
     )
     if plan is not None:
-        say(budget.outcome_lines(final["plan"]) + f"\nplan: {run_dir / budget.PLAN_FILE}, {run_dir / 'plan.png'}")
+        say(plan_report.outcome_lines(final["plan"]) + f"\nplan: {run_dir / budget.PLAN_FILE}, {run_dir / 'plan.png'}")
     say(f"checkpoint: {ckpt}\nmetrics: {run_dir / 'metrics.jsonl'}\nloss curve: {run_dir / 'loss.png'}")
     say(f"sample:\n{sample}")
     return {**final, "step": final["steps"], "checkpoint": str(ckpt), "sample": sample}

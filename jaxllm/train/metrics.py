@@ -42,7 +42,7 @@ class Progress:
     ):
         self.steps, self.tokens_per_step, self.at_peak = steps, tokens_per_step, step_seconds_at_peak
         self.log, self.say, self.log_every, self.clock = log, say, log_every, clock
-        self.start, self.n, self.rates = time.perf_counter(), 0, []
+        self.start, self.n = time.perf_counter(), 0
         self.intervals: list[tuple[int, float]] = []  # (steps, seconds) of each logged interval
 
     def step(self, done: int, metrics: dict) -> None:
@@ -52,7 +52,6 @@ class Progress:
         loss = float(metrics["loss"])
         elapsed = time.perf_counter() - self.start
         rate = self.n * self.tokens_per_step / elapsed
-        self.rates.append(rate)
         self.intervals.append((self.n, elapsed))
         mfu = rate / self.tokens_per_step * self.at_peak
         if not math.isfinite(loss):
@@ -96,5 +95,6 @@ class Progress:
 
     def steady_rate(self) -> float:
         """The median rate over intervals, leaving out the first (it includes warm-up); NaN before any."""
-        rates = self.rates[1:] if len(self.rates) > 1 else self.rates
+        intervals = self.intervals[1:] if len(self.intervals) > 1 else self.intervals
+        rates = [n * self.tokens_per_step / seconds for n, seconds in intervals]
         return float(np.median(rates)) if rates else float("nan")

@@ -57,8 +57,8 @@ class Trainer:
         lr = optim.learning_rate(self.optim_cfg, state["schedule"], state["step"])
         params = optax.apply_updates(state["params"], jax.tree.map(lambda u: lr.astype(u.dtype) * u, updates))
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr, **extra}
-        new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
-        return new_state | {"schedule": state["schedule"]}, metrics
+        new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "schedule": state["schedule"]}
+        return new_state, metrics
 
     def eval_step(self, params: dict, batch: dict, token_bytes: jax.Array) -> dict:
         """Summed nats over the batch's target tokens (those its loss_mask keeps, if it has one), their count, and
