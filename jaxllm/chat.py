@@ -1,7 +1,8 @@
-"""Chat with a post-trained run: `python -m jaxllm.chat --run_dir=runs/base_dpo [--prompt="..."]`.
+"""Chat with a post-trained run: `python -m jaxllm.chat --run_dir=runs/base_rl [--system="..."] [--prompt="..."]`.
 
 Without --prompt: a REPL that keeps the conversation's history, streams each reply as it is sampled, and takes
-/reset (forget the history) and /quit (or end of input). With --prompt: one reply, then exit. Sampling settings
+/reset (forget the history; the system prompt stays) and /quit (or end of input). With --prompt: one reply, then
+exit. --system opens every conversation with a system turn. Sampling settings
 come from flags (--temperature, --top_k, --top_p, --max_new_tokens, --seed); prompts and replies go through the
 same chat template as training (jaxllm.posttrain.chat_template), and a reply ends at <|end|>. A history longer
 than the context loses its oldest tokens.
@@ -37,8 +38,9 @@ def reply(run, history: list[dict], sampling: SamplingConfig, out=sys.stdout) ->
     return "".join(pieces)
 
 
-def repl(run, sampling: SamplingConfig, lines=sys.stdin, out=sys.stdout) -> None:
-    history: list[dict] = []
+def repl(run, sampling: SamplingConfig, system: str = "", lines=sys.stdin, out=sys.stdout) -> None:
+    opening = [{"role": "system", "content": system}] if system else []
+    history = list(opening)
     print("chat: /reset forgets the conversation, /quit ends it", file=out)
     while True:
         print("> ", end="", flush=True, file=out)
@@ -47,7 +49,7 @@ def repl(run, sampling: SamplingConfig, lines=sys.stdin, out=sys.stdout) -> None
             return
         text = line.rstrip("\n")
         if text.strip() == "/reset":
-            history = []
+            history = list(opening)
             print("(conversation reset)", file=out)
             continue
         if not text.strip():
@@ -60,21 +62,23 @@ def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="python -m jaxllm.chat", description=__doc__.split("\n")[0])
     parser.add_argument("--run_dir", required=True)
     parser.add_argument("--prompt", default=None, help="answer this one message and exit")
+    parser.add_argument("--system", default="", help="a system turn that opens every conversation")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     add_sampling_flags(parser, SamplingConfig(max_new_tokens=120, temperature=0.7, top_p=0.9))
     args = parser.parse_args(argv)
     sampling = sampling_from_args(args)
     run = load_run(pathlib.Path(args.run_dir), args.step)
-    if run.cfg.posttrain.stage not in ("sft", "dpo"):
+    if run.cfg.posttrain.stage not in ("sft", "dpo", "rl"):
         raise ConfigError(
             f"--run_dir={args.run_dir} holds a pretrained model, not a chat-trained one (it has never "
             "seen the chat template): fine-tune it first, e.g. python -m jaxllm.sft "
             "--experiment=base_sft, then chat with runs/base_sft"
         )
+    opening = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:
-        reply(run, [{"role": "user", "content": args.prompt}], sampling)
+        reply(run, [*opening, {"role": "user", "content": args.prompt}], sampling)
     else:
-        repl(run, sampling)
+        repl(run, sampling, args.system)
     return 0
 
 

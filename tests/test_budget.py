@@ -217,9 +217,9 @@ def test_time_budget_measures_plans_and_steers_to_its_deadline(tiny_corpus, tmp_
         plan = json.loads((tmp_path / "run" / "plan.json").read_text())
         step_s = next(m["step_s"] for m in plan["measured"] if m["params"] == plan["params"])
 
-        def train_batch(s):
+        def train_batch(s, state):
             time.sleep(3 * step_s)
-            return stages[-1].train_batch(s)
+            return stages[-1].train_batch(s, state)
 
         return dataclasses.replace(stages[-1], train_batch=train_batch)
 

@@ -1,6 +1,7 @@
 """Verifiable tasks: exact answers (checked here by an independent computation), disjoint and stable splits,
 checkers (built in and plugged in), wrong answers the checkers reject, and the chat_data sources they feed."""
 
+import itertools
 import json
 import re
 
@@ -137,3 +138,32 @@ def test_mcnemar_counts_only_the_problems_one_stage_alone_solved():
     assert verifiable.mcnemar_p([True, False], [True, False]) == 1.0
     # 7 gained, 1 lost: 2 x (C(8,0) + C(8,1)) / 2^8
     assert verifiable.mcnemar_p([False] * 7 + [True], [True] * 7 + [False]) == 2 * 9 / 256
+
+
+def test_pass_at_k_is_the_share_of_k_subsets_with_a_right_reply():
+    for n, c, k in ((8, 0, 4), (8, 1, 4), (8, 3, 4), (8, 5, 4), (8, 8, 1), (6, 2, 3)):
+        subsets = list(itertools.combinations([True] * c + [False] * (n - c), k))
+        assert verifiable.pass_at_k(n, c, k) == pytest.approx(sum(map(any, subsets)) / len(subsets), abs=1e-12)
+
+
+def test_sampled_pass_counts_each_problems_right_samples():
+    problems = {"add": verifiable.heldout_problems(0.15, per_task=4)["add"]}
+    answers = {p.prompt: p.answer for p in problems["add"]}
+    calls = []
+
+    def sample(prompts):  # problem i is right in i of its SAMPLES replies
+        calls.append(len(prompts))
+        seen: dict[str, int] = {}
+        out = []
+        for q in prompts:
+            i = [p.prompt for p in problems["add"]].index(q)
+            seen[q] = seen.get(q, 0) + 1
+            out.append(answers[q] if seen[q] <= i else "no")
+        return out
+
+    result = verifiable.sampled_pass(problems, sample, k=2)
+    expected = [verifiable.pass_at_k(verifiable.SAMPLES, c, 2) for c in range(4)]
+    assert calls == [4 * verifiable.SAMPLES]
+    assert result["add"]["pass@k"] == pytest.approx(np.mean(expected)) and result["add"]["k"] == 2
+    low, high = result["all"]["interval_95"]
+    assert min(expected) <= low <= np.mean(expected) <= high <= max(expected)

@@ -121,7 +121,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PosttrainConfig:
-    stage: str = ""  # '' pretraining | 'sft' (python -m jaxllm.sft) | 'dpo' (python -m jaxllm.dpo)
+    stage: str = ""  # '' pretraining | 'sft' | 'dpo' | 'rl' (python -m jaxllm.sft, .dpo, .rl)
     # SFT data: 'stdlib' (embedded docstring tasks), 'tasks[:names|:FILE.jsonl]' (verifiable), JSONL paths or globs
     conversations: tuple[str, ...] = ("stdlib",)
     preferences: tuple[str, ...] = ("stdlib",)  # DPO pairs, same forms
@@ -130,6 +130,14 @@ class PosttrainConfig:
     beta: float = 0.1  # DPO: how strongly the policy is held near the reference (the starting checkpoint)
     text_mix: float = 0.0  # SFT: the share of each batch (rows and loss) that is pretraining text, against forgetting
     own_mistakes: int = 0  # DPO: train problems of the task sources the start answers greedily; wrong replies: rejected
+    # RL (GRPO, jaxllm.posttrain.rl): task sources, replies sampled per problem (train.batch_size / group_size
+    # problems a sample), their temperature, the ratio's clip, the KL penalty's weight, optimizer steps per sample
+    prompts: tuple[str, ...] = ("tasks",)
+    group_size: int = 8
+    temperature: float = 1.0
+    clip_eps: float = 0.2
+    kl_coef: float = 0.04
+    updates_per_sample: int = 1
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,30 @@ def parse_duration(text: str, flag: str = "--train.budget") -> float:
     return seconds
 
 
+def _rl_checks(pt: PosttrainConfig, t: TrainConfig) -> list[tuple[bool, str]]:
+    if pt.stage != "rl":
+        return []
+    return [
+        (
+            bool(pt.prompts) and all(s == "tasks" or s.startswith("tasks:") for s in pt.prompts),
+            f"posttrain.prompts={','.join(pt.prompts)}: RL rewards need verifiable tasks: 'tasks', 'tasks:add+sort' "
+            "or 'tasks:FILE.jsonl'",
+        ),
+        (
+            pt.group_size >= 2 and t.batch_size % pt.group_size == 0,
+            f"posttrain.group_size={pt.group_size}: must be at least 2 and divide train.batch_size={t.batch_size}",
+        ),
+        (pt.temperature > 0, f"posttrain.temperature={pt.temperature}: RL samples; use a temperature above 0"),
+        (0 < pt.clip_eps < 1, f"posttrain.clip_eps={pt.clip_eps}: must be in (0, 1), e.g. 0.2"),
+        (pt.kl_coef >= 0, f"posttrain.kl_coef={pt.kl_coef}: must be 0 (no penalty) or positive"),
+        (
+            pt.updates_per_sample >= 1 and t.checkpoint_every % pt.updates_per_sample == 0,
+            f"posttrain.updates_per_sample={pt.updates_per_sample}: must be at least 1 and divide "
+            f"train.checkpoint_every={t.checkpoint_every}, so that a resumed run starts a sample",
+        ),
+    ]
+
+
 def validate(cfg: Config) -> Config:
     """Checks that do not need devices or data; raises ConfigError naming the bad value and the fix."""
     m, t, o, pt = cfg.model, cfg.train, cfg.optim, cfg.posttrain
@@ -204,7 +236,7 @@ def validate(cfg: Config) -> Config:
         (cfg.data.tokenizer in ("bpe", "char"), f"data.tokenizer={cfg.data.tokenizer!r}: use bpe or char"),
         (0 < cfg.data.val_fraction < 1, f"data.val_fraction={cfg.data.val_fraction}: must be between 0 and 1"),
         (len(cfg.data.sources) >= 1, "data.sources is empty: name at least one source, e.g. '[\"stdlib\"]'"),
-        (pt.stage in ("", "sft", "dpo"), f"posttrain.stage={pt.stage!r}: use '' (pretraining), 'sft' or 'dpo'"),
+        (pt.stage in ("", "sft", "dpo", "rl"), f"posttrain.stage={pt.stage!r}: use '' (pretraining), sft, dpo or rl"),
         (
             pt.stage == "" or (t.init_from != "" and not t.init_from.startswith("hf:")),
             f"posttrain.stage={pt.stage!r} needs train.init_from=RUN_DIR, the run it starts from (got "
@@ -227,6 +259,7 @@ def validate(cfg: Config) -> Config:
             pt.text_mix == 0 or pt.stage == "sft",
             f"posttrain.text_mix={pt.text_mix} mixes pretraining text into SFT only: drop it for this stage",
         ),
+        *_rl_checks(pt, t),
         (t.steps >= 1, f"train.steps={t.steps}: must be at least 1"),
         (t.batch_size >= 1, f"train.batch_size={t.batch_size}: must be at least 1"),
         (

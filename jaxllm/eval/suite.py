@@ -6,9 +6,9 @@ evaluates only the runs named), one column per run:
     gzip -9, bz2 -9 and xz -9e compressing exactly the same text (the bytes the scored tokens stand for);
   - multiple choice: each choice scored by the log-likelihood of its tokens after the chat-template prompt, total
     and per byte of the choice (length-normalised); JSONL {"question", "choices", "answer"} from --choices, or
-    the embedded task (pick a held-out function's docstring summary among four from its module);
-  - verifiable tasks: greedy pass@1 per embedded task on held-out problems, with Wilson 95% intervals
-    (jaxllm.eval.verifiable);
+    the held-out verifiable task problems (the answer among three wrong ones, jaxllm.posttrain.tasks.records);
+  - verifiable tasks: greedy pass@1 and sampled pass@k per embedded task on held-out problems, with 95%
+    intervals (jaxllm.eval.verifiable);
   - DPO runs: held-out reward accuracy (and loss, margin) against their reference, the run they started from;
   - greedy replies to a fixed prompt set (held-out questions).
 Prints one table and writes it all as JSON (--out, default <last run_dir>/evaluation.json).
@@ -35,8 +35,6 @@ from jaxllm.posttrain.dpo import pair_rows, preference_metrics
 from jaxllm.train import checkpoint
 from jaxllm.train.checkpoint import load_run
 from jaxllm.train.evaluation import bits_per_byte
-
-CHAT_STAGES = ("sft", "dpo")
 
 
 def lineage(run_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -122,7 +120,8 @@ def multiple_choice(run, items: list[dict]) -> dict:
     }
 
 
-def replies(run, questions: list[str], max_new_tokens: int) -> list[str]:
+def replies(run, questions: list[str], max_new_tokens: int, temperature: float = 0.0) -> list[str]:
+    """Each question's reply as one user turn: greedy, or sampled (every row its own draw, seed 0)."""
     prompts = [reply_prompt([{"role": "user", "content": q}], run.tokenizer.encode) for q in questions]
     return complete(
         run.graphdef,
@@ -131,7 +130,7 @@ def replies(run, questions: list[str], max_new_tokens: int) -> list[str]:
         run.tokenizer.encode,
         run.tokenizer.decode,
         prompts,
-        SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0),
+        SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature),
         STOP_IDS,
     )
 
@@ -168,7 +167,9 @@ def evaluate_runs(
                 '{"question", "choices", "answer"} lines'
             )
     else:
-        items = chat_data.load(("stdlib",), "choices", val_fraction)[1]
+        items = tasks.records(
+            [p for group in verifiable.heldout_problems(val_fraction).values() for p in group], "choices"
+        )
     questions = [
         c["messages"][0]["content"]
         for c in chat_data.load(("stdlib",), "conversations", val_fraction)[1][: 2 * n_samples : 2]
@@ -179,7 +180,7 @@ def evaluate_runs(
     out = {
         "heldout_text_bytes": len(text.encode("utf-8")),
         "compressors": compressor_bpb(text),
-        "mc_source": choices_path or "stdlib (held-out functions)",
+        "mc_source": choices_path or "the held-out verifiable task problems",
         "sample_questions": questions,
         "runs": {},
     }
@@ -194,6 +195,8 @@ def evaluate_runs(
             result.update(multiple_choice(run, items), samples=replies(run, questions, sample_tokens))
             reply = lambda prompts, run=run: replies(run, prompts, tasks.REPLY_TOKENS)
             result["tasks"] = verifiable.pass_at_1(problems, reply)
+            sample = lambda prompts, run=run: replies(run, prompts, tasks.REPLY_TOKENS, temperature=1.0)
+            result["tasks_sampled"] = verifiable.sampled_pass(problems, sample)
         if run.cfg.posttrain.stage == "dpo":
             reference = runs.get(run.cfg.train.init_from) or load_run(pathlib.Path(run.cfg.train.init_from))
             pairs = chat_data.load(run.cfg.posttrain.preferences, "preferences", run.cfg.posttrain.val_fraction)[1]
@@ -249,6 +252,18 @@ def format_table(results: dict) -> str:
             cells.append(cell)
             before = t["correct"]
         rows.append((f"pass@1 {task}", cells))
+    for task in task_names:
+        rows.append(
+            (
+                f"pass@{verifiable.K} {task} (sampled)",
+                [
+                    "{:.2f} [{:.2f}, {:.2f}]".format(s[task]["pass@k"], *s[task]["interval_95"])
+                    if (s := r.get("tasks_sampled"))
+                    else "-"
+                    for r in results["runs"].values()
+                ],
+            )
+        )
     width = max(width, *(len(v) + 2 for _, values in rows for v in values))
     lines = [f"{label:<32}" + "".join(f"{v:>{width}}" for v in values) for label, values in rows]
     lines.append(
@@ -260,7 +275,8 @@ def format_table(results: dict) -> str:
     if task_names:
         lines.append(
             f"pass@1: greedy, on held-out task problems, with Wilson 95% intervals; * differs from the stage before "
-            f"it (McNemar's exact test, p < {verifiable.SIGNIFICANCE})"
+            f"it (McNemar's exact test, p < {verifiable.SIGNIFICANCE}); pass@{verifiable.K}: unbiased estimate from "
+            f"{verifiable.SAMPLES} replies a problem at temperature 1, percentile-bootstrap 95% intervals"
         )
     scored = {n: r for n, r in results["runs"].items() if "samples" in r}
     if scored:
@@ -275,22 +291,26 @@ def format_table(results: dict) -> str:
 
 
 def plot_tasks(results: dict, out: pathlib.Path) -> bool:
-    """evaluation.png: pass@1 per task and stage with 95% intervals; False (nothing written) without task scores."""
-    runs = {pathlib.Path(n).name: r["tasks"] for n, r in results["runs"].items() if "tasks" in r}
-    if not runs:
+    """evaluation.png: greedy pass@1 and sampled pass@k per task and stage with 95% intervals, one panel each;
+    False (nothing written) without task scores."""
+    scored = {pathlib.Path(n).name: r for n, r in results["runs"].items() if "tasks" in r}
+    if not scored:
         return False
-    task_names = list(next(iter(runs.values())))
-    width = 0.8 / len(runs)
-    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(task_names)), 4.2))
-    for i, (name, scores) in enumerate(runs.items()):
-        x = np.arange(len(task_names)) + (i - (len(runs) - 1) / 2) * width
-        rate = np.array([scores[t]["pass@1"] for t in task_names])
-        low, high = (np.array([scores[t]["interval_95"][j] for t in task_names]) for j in (0, 1))
-        errors = np.maximum([rate - low, high - rate], 0.0)  # Wilson bounds sit a rounding away from rate at 0 or 1
-        ax.bar(x, rate, width, yerr=errors, capsize=3, label=name)
-    ax.set_xticks(np.arange(len(task_names)), task_names)
-    ax.set(ylabel="pass@1 (greedy), 95% interval", ylim=(0, 1), title="held-out verifiable tasks")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend()
+    task_names = list(next(iter(scored.values()))["tasks"])
+    width = 0.8 / len(scored)
+    fig, axes = plt.subplots(2, 1, figsize=(max(7, 1.3 * len(task_names)), 7.5), sharex=True)
+    panels = (("tasks", "pass@1", "pass@1 (greedy)"), ("tasks_sampled", "pass@k", f"pass@{verifiable.K} (sampled)"))
+    for ax, (key, figure, label) in zip(axes, panels):
+        for i, (name, r) in enumerate(scored.items()):
+            x = np.arange(len(task_names)) + (i - (len(scored) - 1) / 2) * width
+            rate = np.array([r[key][t][figure] for t in task_names])
+            low, high = (np.array([r[key][t]["interval_95"][j] for t in task_names]) for j in (0, 1))
+            errors = np.maximum([rate - low, high - rate], 0.0)  # interval bounds sit a rounding away at 0 or 1
+            ax.bar(x, rate, width, yerr=errors, capsize=3, label=name)
+        ax.set(ylabel=f"{label}, 95% interval", ylim=(0, 1))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_title("held-out verifiable tasks")
+    axes[0].legend()
+    axes[1].set_xticks(np.arange(len(task_names)), task_names)
     save_figure(fig, out)
     return True

@@ -1,15 +1,20 @@
-"""pass@1 on the held-out verifiable tasks (jaxllm.posttrain.tasks), with Wilson 95% intervals.
+"""pass@1 and pass@k on the held-out verifiable tasks (jaxllm.posttrain.tasks), with 95% intervals.
 
-A reply is the model's greedy answer to the task's prompt as one user turn of the chat template, scored by the
-task's own checker. The interval is Wilson's score interval, which stays inside [0, 1] and is honest at 0 and n
-successes, where pass rates of small models sit. Two stages answered the same problems, so whether one beats
-the other is McNemar's exact test on the problems only one of them got right (`mcnemar_p`).
+A reply is the model's answer to the task's prompt as one user turn of the chat template, scored by the task's
+own checker. pass@1 is greedy; its interval is Wilson's score interval, which stays inside [0, 1] and is honest at
+0 and n successes, where pass rates of small models sit. Two stages answered the same problems, so whether one
+beats the other is McNemar's exact test on the problems only one of them got right (`mcnemar_p`). pass@k samples
+SAMPLES replies a problem at temperature 1 (the model's own distribution, the one reinforcement learning samples)
+and takes the unbiased estimator of Chen et al. 2021 (`pass_at_k`); its interval is a percentile bootstrap over
+the problems.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Callable
+
+import numpy as np
 
 from jaxllm.posttrain import tasks
 
@@ -68,3 +73,45 @@ def mcnemar_p(before: list[bool], after: list[bool]) -> float:
 
 
 SIGNIFICANCE = 0.05  # a stage's pass@1 differs from the one before it when McNemar's p is below this
+
+SAMPLES = 8  # sampled replies a problem for pass@k
+K = 4  # pass@K from SAMPLES samples: the estimator averages over every K of them, steadier than K = SAMPLES
+BOOTSTRAP = 2000  # resamples of the problems for pass@k's interval
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The probability that at least one of k replies drawn without replacement from n, c of them right, is right:
+    1 - C(n - c, k) / C(n, k) (unbiased for pass@k; Chen et al. 2021)."""
+    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def bootstrap_interval(values: list[float], seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of per-problem values."""
+    values = np.asarray(values, np.float64)
+    means = values[np.random.default_rng(seed).integers(0, len(values), (BOOTSTRAP, len(values)))].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def sampled_pass(
+    problems: dict[str, list[tasks.Problem]], sample: Callable[[list[str]], list[str]], k: int = K
+) -> dict:
+    """{task: {'pass@k', 'k', 'interval_95', 'n'}} plus 'all'; sample(prompts) -> one sampled reply a prompt, each
+    row drawn on its own (it is given every prompt SAMPLES times)."""
+    right: dict[str, list[int]] = {}
+    for name, group in problems.items():
+        prompts = [p.prompt for p in group]
+        counts = np.zeros(len(group), np.int64)
+        replies = sample(prompts * SAMPLES)
+        for i, reply in enumerate(replies):
+            counts[i % len(group)] += tasks.is_correct(group[i % len(group)], reply)
+        right[name] = counts.tolist()
+    out = {}
+    for name, counts in [*right.items(), ("all", [c for counts in right.values() for c in counts])]:
+        values = [pass_at_k(SAMPLES, c, k) for c in counts]
+        out[name] = {
+            "pass@k": float(np.mean(values)),
+            "k": k,
+            "interval_95": list(bootstrap_interval(values)),
+            "n": len(values),
+        }
+    return out

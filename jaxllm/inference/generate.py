@@ -66,18 +66,19 @@ def _prefill(graphdef, params, weights, tokens, positions, cache):
 DECODE_CHUNK = 8
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7, 8), donate_argnums=(4,))
-def _decode(graphdef, params, weights, token, cache, position, index, sampling: tuple, steps: int):
+@functools.partial(jax.jit, static_argnums=(0, 8, 9), donate_argnums=(4,))
+def _decode(graphdef, params, weights, token, cache, position, index, key, sampling: tuple, steps: int):
     """`steps` decoding steps: from the newest token (B,) at `position` (B,), written at cache slot `index`, to the
     tokens (steps, B) that follow it, the cache, and the next call's token, position and index.
-    weights: jaxllm.inference.cache.decode_weights(...), made once per generation."""
+    weights: jaxllm.inference.cache.decode_weights(...), made once per generation. key: the generation's sampling
+    key, an argument (not compiled in) so that a new seed does not compile the loop again."""
     model = nnx.merge(graphdef, params)
-    temperature, top_k, top_p, seed = sampling
+    temperature, top_k, top_p = sampling
 
     def step(carry, _):
         token, cache, position, index = carry
         logits, cache = model(token[:, None], position[:, None], cache, index, weights)
-        token = sample_logits(logits[:, -1], jax.random.fold_in(jax.random.key(seed), index), temperature, top_k, top_p)
+        token = sample_logits(logits[:, -1], jax.random.fold_in(key, index), temperature, top_k, top_p)
         return (token, cache, position + 1, index + 1), token
 
     (token, cache, position, index), tokens = jax.lax.scan(step, (token, cache, position, index), length=steps)
@@ -91,10 +92,12 @@ def generate_tokens(
     prompts: list[list[int]],
     sampling: SamplingConfig,
     stop_ids: tuple[int, ...] = (EOS, BOS),
+    key: jax.Array | None = None,
 ) -> Iterator[np.ndarray]:
     """Yields the next token of every row, (B,) int, step by step, until every row has emitted a stop id or the
     budget is used; rows that stopped keep yielding tokens the caller ignores. Prompts longer than the context
-    lose their start."""
+    lose their start. key: the sampling key (default: jax.random.key(sampling.seed)); reinforcement learning passes
+    one from its train state."""
     if isinstance(params, nnx.State):  # plain arrays: a step's arguments flatten in C++, not through Variables
         params = nnx.to_pure_dict(params)
     limit = cfg.block_size
@@ -118,9 +121,11 @@ def generate_tokens(
     last_logits, cache, position, index = _prefill(
         graphdef, params, weights, jnp.asarray(tokens), jnp.asarray(positions), cache
     )
-    key = jax.random.fold_in(jax.random.key(sampling.seed), width - 1)  # keyed by the input's cache slot
-    token = sample_logits(last_logits, key, sampling.temperature, sampling.top_k, sampling.top_p)
-    settings = (sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed)
+    key = jax.random.key(sampling.seed) if key is None else key
+    # each token is sampled with the key folded with its input's cache slot
+    first_key = jax.random.fold_in(key, width - 1)
+    token = sample_logits(last_logits, first_key, sampling.temperature, sampling.top_k, sampling.top_p)
+    settings = (sampling.temperature, sampling.top_k, sampling.top_p)
     done = np.zeros(b, bool)
     pending, produced = token[None], 0  # (steps, B) tokens not yet yielded, on the device: first the prefill's
     for c in range(n_chunks + 1):
@@ -129,7 +134,7 @@ def generate_tokens(
                 length = cache_length(width + (c + 1) * chunk, total)
                 cache = grow_cache(cache, cfg, length)
             chunk_tokens, token, cache, position, index = _decode(
-                graphdef, params, weights, token, cache, position, index, settings, chunk
+                graphdef, params, weights, token, cache, position, index, key, settings, chunk
             )
         for host_token in np.asarray(pending):
             done |= np.isin(host_token, stop_ids)
@@ -154,12 +159,13 @@ def complete(
     prompts: list[str] | list[list[int]],
     sampling: SamplingConfig,
     stop_ids: tuple[int, ...] = (EOS, BOS),
+    key: jax.Array | None = None,
 ) -> list[str]:
     """Text (or token ids) in, text out: each prompt's continuation up to its first stop token."""
     outputs: list[list[int]] = [[] for _ in prompts]
     stopped = [False] * len(prompts)
     for step_tokens in generate_tokens(
-        graphdef, params, cfg, [_prompt_ids(p, encode) for p in prompts], sampling, stop_ids
+        graphdef, params, cfg, [_prompt_ids(p, encode) for p in prompts], sampling, stop_ids, key
     ):
         for i, t in enumerate(step_tokens):
             if not stopped[i]:

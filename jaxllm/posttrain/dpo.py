@@ -179,7 +179,7 @@ def dpo_stage(cfg: Config, mesh, progress: bool) -> Stage:
     row = sharding.batch_sharding(mesh)
     reference_logprobs = jax.jit(masked_logprobs, static_argnums=1, out_shardings=row)
 
-    def train_batch(step):
+    def train_batch(step, state):
         b = global_rows(train_rows, step_indices(n, batch, cfg.train.seed, step), mesh)
         for side in SIDES:  # no gradient flows here: the step differentiates only its own params
             b[f"{side}_ref"] = reference_logprobs(

@@ -72,7 +72,7 @@ def sft_stage(cfg: Config, mesh, progress: bool) -> Stage:
     n_text = round(batch * pt.text_mix)
     text_tokens = _pretraining_tokens(cfg, tokenizer) if n_text else None
 
-    def train_batch(step):
+    def train_batch(step, state):
         indices = step_indices(len(train_rows["inputs"]), batch - n_text, cfg.train.seed, step)
         if not n_text:
             return global_rows(train_rows, indices, mesh)

@@ -170,11 +170,11 @@ class Measurer:
     def _time_steps(self, abstract_state: dict, compiled) -> float:
         state = self._zeros(abstract_state)
         for s in range(2):  # the first steps include allocation and warm-up
-            state, metrics = compiled(state, self.stage.train_batch(s))
+            state, metrics = compiled(state, self.stage.train_batch(s, state))
         jax.block_until_ready(metrics)
         n, t0 = 0, time.perf_counter()
         while n < MEASURE_STEPS or time.perf_counter() - t0 < MEASURE_S:
-            state, metrics = compiled(state, self.stage.train_batch(2 + n))
+            state, metrics = compiled(state, self.stage.train_batch(2 + n, state))
             n += 1
         float(metrics["loss"])  # waits for the device, as the loop's progress line does
         return (time.perf_counter() - t0) / n

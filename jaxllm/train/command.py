@@ -1,4 +1,4 @@
-"""The command of every training stage: `python -m jaxllm.train` (pretraining), `jaxllm.sft` and `jaxllm.dpo`.
+"""The command of every training stage: `python -m jaxllm.train` (pretraining), `jaxllm.sft`, `jaxllm.dpo`, `jaxllm.rl`.
 
   python -m jaxllm.train --experiment=base [--section.key=value ...] [--run_dir=PATH] [--print_config]
 
@@ -17,7 +17,7 @@ from jaxllm.train import distributed
 from jaxllm.train.loop import run
 from jaxllm.train.stage import Stage, pretraining
 
-COMMANDS = {"": "jaxllm.train", "sft": "jaxllm.sft", "dpo": "jaxllm.dpo"}
+COMMANDS = {"": "jaxllm.train", "sft": "jaxllm.sft", "dpo": "jaxllm.dpo", "rl": "jaxllm.rl"}
 
 
 def main(

@@ -247,13 +247,18 @@ def _train(
 
     def run_eval(s):
         result = evaluate(eval_step, state["params"], stage.eval_batches, token_bytes)
-        log.write({"step": s, "val_loss": result["val_loss"], "val_bpb": result["val_bpb"], "time_s": clock()})
-        say(f"eval step {s}: val_loss {result['val_loss']:.4f} | val_bpb {result['val_bpb']:.4f}")
+        extra = stage.eval_extra(trainer.graphdef, state["params"]) if stage.eval_extra else {}
+        result.update(extra)
+        log.write({"step": s, "val_loss": result["val_loss"], "val_bpb": result["val_bpb"], **extra, "time_s": clock()})
+        say(
+            f"eval step {s}: val_loss {result['val_loss']:.4f} | val_bpb {result['val_bpb']:.4f}"
+            + "".join(f" | {k} {v:.4f}" for k, v in extra.items())
+        )
         return result
 
     done = int(state["step"])
     while done < end:
-        state, metrics = train_step(state, stage.train_batch(done))
+        state, metrics = train_step(state, stage.train_batch(done, state))
         done += 1
         progress.step(done, metrics)
         paused = time.perf_counter()

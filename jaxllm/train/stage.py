@@ -25,11 +25,14 @@ class Stage:
     tokenizer: object  # jaxllm.tokenizer.Tokenizer
     batch_shapes: dict  # leaf name -> jax.ShapeDtypeStruct of the global batch, (train.batch_size, T), sharded
     tokens_per_step: int  # tokens the model trains on per step (throughput and MFU)
-    train_batch: Callable  # step -> global batch: a pure function of the step, so a resumed run is exact
+    # (step, state) -> global batch: a pure function of the step and the state (read, never changed), so a resumed
+    # run is exact; most stages read only the step, reinforcement learning samples from the state's params and rng
+    train_batch: Callable
     eval_batches: list  # fixed global batches scored by Trainer.eval_step (their loss_mask applies)
     sample: Callable  # (graphdef, params) -> the text shown and returned at the end
     loss_fn: Callable | None = None  # (params, graphdef, batch) -> (loss, metrics); None: step.mean_loss
     summary: str = ""  # one line on the data, printed under the run's summary
+    eval_extra: Callable | None = None  # (graphdef, params) -> {name: float}, logged with every evaluation
 
 
 def pretraining(cfg: Config, mesh, progress: bool) -> Stage:
@@ -49,7 +52,7 @@ def pretraining(cfg: Config, mesh, progress: bool) -> Stage:
     batch, length = cfg.train.batch_size, cfg.model.block_size
     block, blocks = sharding.batch_block(mesh, batch)  # this process's rows of each batch
 
-    def train_batch(s):
+    def train_batch(s, state):
         local = loader.train_batch(prepared.train_tokens, length, batch, cfg.train.seed, s, block, blocks)
         return sharding.global_batch(local, mesh, batch)
 

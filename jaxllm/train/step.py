@@ -1,8 +1,9 @@
 """The pure training and evaluation steps, and the sharded train state they act on.
 
-The state is a plain pytree {'params', 'opt_state', 'step', 'schedule'} of arrays (the schedule: where the
-learning rate's warmup and cosine lie, jaxllm.train.optim): `train_step(state, batch)` returns a new
-state and metrics and touches nothing else, so it is jitted once with explicit shardings and the old state donated.
+The state is a plain pytree {'params', 'opt_state', 'step', 'schedule', 'rng'} of arrays (the schedule: where the
+learning rate's warmup and cosine lie, jaxllm.train.optim; rng: the key data a stage that samples from its policy
+draws from, sampling_key, and the step advances): `train_step(state, batch)` returns a new state and metrics and
+touches nothing else, so it is jitted once with explicit shardings and the old state donated.
 A batch is {'inputs': (B,T) int32, 'targets': (B,T) int32} plus an optional 'loss_mask' (B,T) float32 (SFT);
 other stages add their own (B,T) leaves and bring a loss_fn that reads them (DPO).
 """
@@ -24,6 +25,20 @@ from jaxllm.config import Config, OptimConfig
 from jaxllm.model.scoring import token_logprobs
 from jaxllm.model.transformer import Transformer, abstract_model
 from jaxllm.train import optim
+
+
+def initial_rng(seed: int) -> jax.Array:
+    """The state's rng: raw key data (uint32), which checkpoints store as a plain array."""
+    return jax.random.key_data(jax.random.key(seed))
+
+
+def sampling_key(rng: jax.Array) -> jax.Array:
+    """The key a step's batch is sampled with; the next step's rng is another branch of the same key."""
+    return jax.random.fold_in(jax.random.wrap_key_data(rng), 0)
+
+
+def next_rng(rng: jax.Array) -> jax.Array:
+    return jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(rng), 1))
 
 
 def token_losses(params: dict, graphdef: nnx.GraphDef, batch: dict) -> jax.Array:
@@ -57,7 +72,13 @@ class Trainer:
         lr = optim.learning_rate(self.optim_cfg, state["schedule"], state["step"])
         params = optax.apply_updates(state["params"], jax.tree.map(lambda u: lr.astype(u.dtype) * u, updates))
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr, **extra}
-        new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "schedule": state["schedule"]}
+        new_state = {
+            "params": params,
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+            "schedule": state["schedule"],
+            "rng": next_rng(state["rng"]),
+        }
         return new_state, metrics
 
     def eval_step(self, params: dict, batch: dict, token_bytes: jax.Array) -> dict:
@@ -125,13 +146,14 @@ def make_trainer(cfg: Config, mesh: Mesh, loss_fn: Callable = mean_loss) -> tupl
     opt_specs = _moment_specs(opt_shapes, params_shapes, pspecs)
     schedule_shapes = jax.eval_shape(lambda: optim.initial_schedule(cfg.optim, cfg.train.steps))
     schedule_specs = jax.tree.map(lambda _: P(), schedule_shapes)
-    specs = {"params": pspecs, "opt_state": opt_specs, "step": P(), "schedule": schedule_specs}
+    specs = {"params": pspecs, "opt_state": opt_specs, "step": P(), "schedule": schedule_specs, "rng": P()}
     shardings = sharding.named(mesh, specs)
     shapes = {
         "params": params_shapes,
         "opt_state": opt_shapes,
         "step": jax.ShapeDtypeStruct((), jnp.int32),
         "schedule": schedule_shapes,
+        "rng": jax.eval_shape(initial_rng, 0),
     }
     abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
     return Trainer(graphdef, optimizer, cfg.optim, mesh, shardings, loss_fn), abstract_state
@@ -142,7 +164,11 @@ def init_state(cfg: Config, trainer: Trainer, params: dict | None = None) -> dic
     trainer.state_shardings["params"]) are given; created directly in their shards (never whole on one device)."""
     if params is not None:  # only the optimizer's state is new: no random parameters are made and dropped
         opt_init = jax.jit(trainer.optimizer.init, out_shardings=trainer.state_shardings["opt_state"])
-        rest = {"step": jnp.zeros((), jnp.int32), "schedule": optim.initial_schedule(cfg.optim, cfg.train.steps)}
+        rest = {
+            "step": jnp.zeros((), jnp.int32),
+            "schedule": optim.initial_schedule(cfg.optim, cfg.train.steps),
+            "rng": initial_rng(cfg.train.seed),
+        }
         rest = jax.device_put(rest, {k: trainer.state_shardings[k] for k in rest})
         return {"params": params, "opt_state": opt_init(params), **rest}
 
@@ -154,6 +180,7 @@ def init_state(cfg: Config, trainer: Trainer, params: dict | None = None) -> dic
             "opt_state": trainer.optimizer.init(params),
             "step": jnp.zeros((), jnp.int32),
             "schedule": optim.initial_schedule(cfg.optim, cfg.train.steps),
+            "rng": initial_rng(cfg.train.seed),
         }
 
     with nnx.use_eager_sharding(False):
