@@ -15,7 +15,7 @@ def config():
         optim=OptimConfig(lr=5e-5, warmup_steps=10, min_lr_ratio=0.1, weight_decay=0.0),
         train=TrainConfig(
             steps=300,
-            batch_size=8,
+            batch_size=16,
             log_every=10,
             eval_every=50,
             checkpoint_every=50,
@@ -23,5 +23,5 @@ def config():
             sample_tokens=40,
             init_from="runs/base_sft",
         ),
-        posttrain=PosttrainConfig(stage="dpo", preferences=("tasks",), seq_len=128, beta=0.1),
+        posttrain=PosttrainConfig(stage="dpo", preferences=("tasks",), seq_len=48, beta=0.1, own_mistakes=1024),
     )

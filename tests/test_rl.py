@@ -121,7 +121,7 @@ def test_rl_end_to_end_and_exact_resume(rl_config, tmp_path):
     assert all(0 <= r["reward"] <= 1 and r["kl"] >= 0 for r in train)
     assert train[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first step's policy is the reference
     evals = [r for r in records if "pass@1" in r]
-    assert [r["step"] for r in evals] == [2, 4] and all(0 <= r["pass@1"] <= 1 for r in evals)
+    assert [r["step"] for r in evals] == [0, 2, 4] and all(0 <= r["pass@1"] <= 1 for r in evals)
 
     resumed = tmp_path / "resumed"
     shutil.copytree(tmp_path / "rl", resumed)

@@ -10,7 +10,7 @@ evaluates only the runs named), one column per run:
   - verifiable tasks: greedy pass@1 and sampled pass@k per embedded task on held-out problems, with 95%
     intervals (jaxllm.eval.verifiable);
   - DPO runs: held-out reward accuracy (and loss, margin) against their reference, the run they started from;
-  - greedy replies to a fixed prompt set (held-out questions).
+  - greedy replies to a fixed prompt set (a held-out problem of each of the first tasks).
 Prints one table and writes it all as JSON (--out, default <last run_dir>/evaluation.json).
 """
 
@@ -149,7 +149,7 @@ def evaluate_runs(
     run_dirs: list[pathlib.Path],
     choices_path: str = "",
     text_windows: int = 64,
-    n_samples: int = 4,
+    n_samples: int = 6,
     sample_tokens: int = 40,
     progress: bool = True,
 ) -> dict:
@@ -166,15 +166,10 @@ def evaluate_runs(
                 f"--choices={choices_path} holds no items: give a JSONL file of "
                 '{"question", "choices", "answer"} lines'
             )
-    else:
-        items = tasks.records(
-            [p for group in verifiable.heldout_problems(val_fraction).values() for p in group], "choices"
-        )
-    questions = [
-        c["messages"][0]["content"]
-        for c in chat_data.load(("stdlib",), "conversations", val_fraction)[1][: 2 * n_samples : 2]
-    ]
     problems = verifiable.heldout_problems(val_fraction)
+    if not choices_path:
+        items = tasks.records([p for group in problems.values() for p in group], "choices")
+    questions = [group[0].prompt for group in problems.values()][:n_samples]  # one task's problem each
     windows = heldout_windows(prepare(first.cfg, progress=False).val_tokens, first.cfg.model.block_size, text_windows)
     text = first.tokenizer.decode(windows["targets"].reshape(-1))
     out = {

@@ -174,7 +174,7 @@ def _summary(
     return (
         f"{cfg.name}: {m.family}, {param_count(m).total / 1e6:.2f}M parameters ({m.n_layer} layers x "
         f"{m.n_embd}), {t.steps} steps of {t.batch_size} x "
-        f"{m.block_size} tokens{from_step} -> {run_dir}\n"
+        f"{run_cfg.posttrain.seq_len if run_cfg.posttrain.stage else m.block_size} tokens{from_step} -> {run_dir}\n"
         f"on {devices}, mesh {dict(mesh.shape)}; {choice.why}"
     )
 
@@ -257,6 +257,8 @@ def _train(
         return result
 
     done = int(state["step"])
+    if stage.eval_extra and done == 0:  # where a stage's own figure starts (RL's pass@1: the starting model's)
+        run_eval(0)
     while done < end:
         state, metrics = train_step(state, stage.train_batch(done, state))
         done += 1

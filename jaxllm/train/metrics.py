@@ -35,7 +35,8 @@ def format_eta(seconds: float) -> str:
 class Progress:
     """Every log_every steps: reads the step's metrics (which waits for the device, so the interval's time is
     real), writes a metrics record and prints a line. step_seconds_at_peak: a step's FLOPs over the peak FLOP/s.
-    `steps` is the run's end, which a steered run moves."""
+    `steps` is the run's end, which a steered run moves. A stage's own metrics (DPO's reward accuracy, RL's reward)
+    are the interval's means, summed on the device as the steps go: one step's figure is too noisy to read."""
 
     def __init__(
         self, steps: int, tokens_per_step: int, step_seconds_at_peak: float, log: MetricsLog, say, log_every: int, clock
@@ -44,9 +45,13 @@ class Progress:
         self.log, self.say, self.log_every, self.clock = log, say, log_every, clock
         self.start, self.n = time.perf_counter(), 0
         self.intervals: list[tuple[int, float]] = []  # (steps, seconds) of each logged interval
+        self.sums: dict = {}  # the stage's own metrics summed over the interval's self.n steps, device scalars
 
     def step(self, done: int, metrics: dict) -> None:
         self.n += 1
+        for k, v in metrics.items():
+            if k not in ("loss", "grad_norm", "lr"):
+                self.sums[k] = self.sums[k] + v if k in self.sums else v
         if done % self.log_every and done != self.steps:
             return
         loss = float(metrics["loss"])
@@ -57,7 +62,8 @@ class Progress:
         if not math.isfinite(loss):
             raise RuntimeError(f"loss became {loss} at step {done}; lower optim.lr or check the data")
         lr = float(metrics["lr"])
-        extra = {k: float(v) for k, v in metrics.items() if k not in ("loss", "grad_norm", "lr")}  # a stage's own
+        extra = {k: float(v) / self.n for k, v in self.sums.items()}
+        self.sums = {}
         self.log.write(
             {
                 "step": done,
