@@ -1,8 +1,10 @@
 """base_dpo: DPO from the SFT run (runs/base_sft), which is also the frozen reference, on preference pairs of the
-verifiable tasks (the right answer against a near miss its checker rejects).
+verifiable tasks: the right answer against a near miss its checker rejects, and against the SFT model's own wrong
+greedy replies to 1,024 train problems, with the chosen replies' likelihood kept up (nll_weight, RPO).
 
-From SFT on a 15-minute base, 300 steps raised held-out reward accuracy to 0.672 but not pass@1 (0.12 -> 0.11):
-pairs from the model's own wrong samples are what should move it (issue 18)."""
+From SFT on a 10-minute base (2-core AMD EPYC, Zen 3), 300 steps: held-out reward accuracy 0.71, pass@1 0.23
+(SFT 0.23); without nll_weight, reward accuracy 0.75 but pass@1 down to 0.13 (sort 0.42 -> 0.08, reverse
+0.19 -> 0.00): the chosen answers' likelihood fell with the rejected ones'."""
 
 from jaxllm.config import OptimConfig, PosttrainConfig, TrainConfig, load_experiment, replace
 
@@ -23,5 +25,7 @@ def config():
             sample_tokens=40,
             init_from="runs/base_sft",
         ),
-        posttrain=PosttrainConfig(stage="dpo", preferences=("tasks",), seq_len=48, beta=0.1, own_mistakes=1024),
+        posttrain=PosttrainConfig(
+            stage="dpo", preferences=("tasks",), seq_len=48, beta=0.1, own_mistakes=1024, nll_weight=1.0
+        ),
     )

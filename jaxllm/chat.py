@@ -4,8 +4,8 @@ Without --prompt: a REPL that keeps the conversation's history, streams each rep
 /reset (forget the history; the system prompt stays) and /quit (or end of input). With --prompt: one reply, then
 exit. --system opens every conversation with a system turn. Sampling settings
 come from flags (--temperature, --top_k, --top_p, --max_new_tokens, --seed); prompts and replies go through the
-same chat template as training (jaxllm.posttrain.chat_template), and a reply ends at <|end|>. A history longer
-than the context loses its oldest tokens.
+same chat template as training (jaxllm.posttrain.chat_template), and a reply ends where its turn does (<|end|>, or
+<|im_end|> for an imported ChatML model). A history longer than the context loses its oldest tokens.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from jaxllm.cli import ArgumentParser, run_main
 from jaxllm.config import ConfigError
 from jaxllm.inference.generate import SamplingConfig, add_sampling_flags, sampling_from_args, stream
-from jaxllm.posttrain.chat_template import STOP_IDS, reply_prompt
+from jaxllm.posttrain.chat_template import reply_prompt, stop_ids
 from jaxllm.train.checkpoint import load_run
 
 
@@ -28,9 +28,9 @@ def reply(run, history: list[dict], sampling: SamplingConfig, out=sys.stdout) ->
         run.params,
         run.cfg.model,
         run.tokenizer,
-        reply_prompt(history, run.tokenizer.encode),
+        reply_prompt(history, run.tokenizer),
         sampling,
-        STOP_IDS,
+        stop_ids(run.tokenizer),
     ):
         pieces.append(piece)
         print(piece, end="", flush=True, file=out)

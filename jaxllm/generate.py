@@ -34,9 +34,7 @@ def main(argv: list[str]) -> int:
             print(piece, end="", flush=True)
         print()
         return 0
-    completions = complete(
-        run.graphdef, run.params, run.cfg.model, run.tokenizer.encode, run.tokenizer.decode, prompts, sampling
-    )
+    completions = complete(run.graphdef, run.params, run.cfg.model, run.tokenizer, prompts, sampling)
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
         print(f"--- {i}\n{prompt}{completion}")
     return 0

@@ -17,8 +17,8 @@ import jax
 from jaxllm import sharding
 from jaxllm import tokenizer as tok
 from jaxllm.cli import ArgumentParser, run_main
-from jaxllm.config import Config, ConfigError, DataConfig, config_from_dict
-from jaxllm.interop import hf
+from jaxllm.config import Config, ConfigError, DataConfig, ModelConfig, config_from_dict
+from jaxllm.interop import hf, hf_tokenizer
 from jaxllm.train import checkpoint
 from jaxllm.train import step as step_lib
 from jaxllm.train.checkpoint import load_run
@@ -29,49 +29,73 @@ def export(run_dir: pathlib.Path, out: pathlib.Path, step: int | None = None) ->
     m = run.cfg.model
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    config = hf.hf_config(m)  # refuses what transformers cannot express before anything is written
+    t = run.tokenizer
+    # refuses what transformers cannot express before anything is written
+    config = hf.hf_config(m) | {"bos_token_id": t.bos, "eos_token_id": t.eos, "pad_token_id": t.pad}
     hf.write_safetensors(out / "model.safetensors", hf.to_hf_tensors(run.params, m))
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    (out / "jaxllm.json").write_text(run.saved.to_json())
-    name = hf.CHAR_TOKENIZER_NAME if run.tokenizer.path.suffix == ".json" else "tokenizer.model"
-    shutil.copyfile(run.tokenizer.path, out / name)
+    # the weights written are whole (a LoRA run's merged), so the config beside them describes a model without adapters
+    whole = dataclasses.replace(run.saved, posttrain=dataclasses.replace(run.saved.posttrain, lora_rank=0))
+    (out / "jaxllm.json").write_text(whole.to_json())
+    if isinstance(t, tok.HFTokenizer):
+        hf_tokenizer.write_hf_files(t, out)
+    else:
+        shutil.copyfile(t.path, out / (hf.CHAR_TOKENIZER_NAME if t.path.suffix == ".json" else "tokenizer.model"))
     return out
+
+
+# the tokenizer files import reads, preferred in this order: a checkpoint that has both tokenizer.json and a
+# sentencepiece tokenizer.model (Llama 2) is read through tokenizer.json, which names its own special ids
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", hf.CHAR_TOKENIZER_NAME)
+TOKENIZER_KINDS = {"tokenizer.model": "bpe", hf.CHAR_TOKENIZER_NAME: "char"}
+
+
+def _tokenizer_file(hf_dir: pathlib.Path) -> str:
+    found = next((name for name in TOKENIZER_FILES if (hf_dir / name).is_file()), None)
+    if found is None:
+        raise ConfigError(
+            f"--hf_dir={hf_dir} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save the checkpoint's "
+            "tokenizer beside it (transformers: AutoTokenizer.from_pretrained(...).save_pretrained(DIR))"
+        )
+    return found
+
+
+def _import_tokenizer(
+    hf_dir: pathlib.Path, found: str, m: ModelConfig, params: dict
+) -> tuple[str, bytes, str, ModelConfig, dict]:
+    """The tokenizer file a run keeps (name and content) for the checkpoint's tokenizer file `found`, its
+    data.tokenizer kind, and the model config and params (grown by the chat tokens a tokenizer.json gains:
+    jaxllm.interop.hf_tokenizer)."""
+    if found == "tokenizer.json":
+        stored, gained, n_tokens = hf_tokenizer.stored_tokenizer(hf_dir, m.vocab_size)
+        m, params = hf.add_token_rows(m, params, gained, n_tokens)
+        return tok.HF_TOKENIZER_NAME, json.dumps(stored, ensure_ascii=False).encode(), "hf", m, params
+    name = "tokenizer.json" if found == hf.CHAR_TOKENIZER_NAME else "tokenizer.model"
+    return name, (hf_dir / found).read_bytes(), TOKENIZER_KINDS[found], m, params
 
 
 def import_(hf_dir: pathlib.Path, run_dir: pathlib.Path) -> pathlib.Path:
     """Writes a step-0 checkpoint (parameters, fresh optimizer state) of the HF model into run_dir."""
     hf_dir, run_dir = pathlib.Path(hf_dir), pathlib.Path(run_dir)
-    m, params = hf.load_hf(hf_dir)
-    tokenizer_file = next(
-        (hf_dir / n for n in ("tokenizer.model", hf.CHAR_TOKENIZER_NAME) if (hf_dir / n).is_file()), None
-    )
-    if tokenizer_file is None:
-        raise ConfigError(
-            f"--hf_dir={hf_dir} has neither a sentencepiece tokenizer.model nor {hf.CHAR_TOKENIZER_NAME}:"
-            " jaxllm's tokenizers cannot read transformers' tokenizer.json"
-        )
+    found = _tokenizer_file(hf_dir)  # before reading gigabytes of weights
+    tokenizer_name, tokenizer_data, kind, m, params = _import_tokenizer(hf_dir, found, *hf.load_hf(hf_dir))
     saved = hf_dir / "jaxllm.json"
     if saved.is_file():
         cfg = config_from_dict(json.loads(saved.read_text()))
         runtime = {f: getattr(cfg.model, f) for f in ("compute_dtype", "kernels", "remat", "scan_layers")}
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, **runtime))
     else:
-        cfg = Config(
-            name=f"hf-{hf_dir.name}",
-            model=m,
-            data=DataConfig(tokenizer="char" if tokenizer_file.suffix == ".json" else "bpe"),
-        )
+        cfg = Config(name=f"hf-{hf_dir.name}", model=m, data=DataConfig(tokenizer=kind))
     if (run_dir / "checkpoints").is_dir():
         raise ConfigError(f"--run_dir={run_dir} already holds checkpoints: import into a new directory")
     run_dir.mkdir(parents=True, exist_ok=True)
-    local_tokenizer = run_dir / ("tokenizer.json" if tokenizer_file.suffix == ".json" else "tokenizer.model")
-    shutil.copyfile(tokenizer_file, local_tokenizer)
+    (run_dir / tokenizer_name).write_bytes(tokenizer_data)
     mesh = sharding.make_mesh(cfg)
     trainer, _ = step_lib.make_trainer(cfg, mesh)
     with jax.set_mesh(mesh):
         state = step_lib.init_state(cfg, trainer, jax.device_put(params, trainer.state_shardings["params"]))
         mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints)
-        checkpoint.save(mngr, 0, state, cfg, tok.load(local_tokenizer))
+        checkpoint.save(mngr, 0, state, cfg, tok.load(run_dir / tokenizer_name))
         mngr.wait_until_finished()
         mngr.close()
     (run_dir / "config.json").write_text(cfg.to_json())

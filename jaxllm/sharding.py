@@ -32,6 +32,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "head_dim": None,
     "position": None,
     "layers": None,
+    "lora_rank": None,  # a LoRA adapter's rank axis (jaxllm.train.lora): a few columns, never worth splitting
 }
 
 

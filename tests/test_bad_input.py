@@ -68,7 +68,11 @@ BAD_INPUTS = [
     (generate.main, ["--prompt=x"], "the following arguments are required: --run_dir"),
     (chat.main, ["--run_dir={tmp}/empty_run"], "holds no checkpoints"),
     (evaluate.main, ["--run_dir={tmp}/empty_run"], "holds no checkpoints: train it first"),
-    (hf.main, ["import", "--hf_dir={tmp}/hf_empty", "--run_dir={tmp}/run"], "has no config.json"),
+    (
+        hf.main,
+        ["import", "--hf_dir={tmp}/hf_empty", "--run_dir={tmp}/run"],
+        "has no tokenizer (none of tokenizer.json, tokenizer.model",
+    ),
     (hf.main, ["export", "--run_dir={tmp}/corrupt_run", "--out={tmp}/out"], "cannot be read"),
     (hf.main, ["convert"], "invalid choice: 'convert'"),
     (plan.main, ["--flops=lots"], "--flops='lots': expected a positive number"),

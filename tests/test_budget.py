@@ -243,7 +243,7 @@ def test_time_budget_measures_plans_and_steers_to_its_deadline(tiny_corpus, tmp_
 
 def test_held_out_documents_split_at_bos_and_compressors_count_every_byte():
     tokens = np.array([BOS, 5, 6, BOS, 7, BOS, 8, 9, 10], np.uint16)
-    assert [d.tolist() for d in held_out_documents(tokens)] == [[BOS, 5, 6], [BOS, 7], [BOS, 8, 9, 10]]
+    assert [d.tolist() for d in held_out_documents(tokens, BOS)] == [[BOS, 5, 6], [BOS, 7], [BOS, 8, 9, 10]]
     texts = [b"def f(x):\n    return x\n" * 30, b"import os\n" * 7]
     xz = sum(len(lzma.compress(t, preset=9 | lzma.PRESET_EXTREME)) for t in texts)
     assert compressor_bpb(texts)["xz -9e"] == 8 * xz / sum(map(len, texts))

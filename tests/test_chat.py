@@ -9,17 +9,17 @@ import pathlib
 from jaxllm import chat
 from jaxllm.eval.suite import replies
 from jaxllm.inference.generate import SamplingConfig, complete
-from jaxllm.posttrain.chat_template import STOP_IDS, reply_prompt
+from jaxllm.posttrain.chat_template import reply_prompt, stop_ids
 from jaxllm.train.checkpoint import load_run
 
 GREEDY = SamplingConfig(max_new_tokens=6, temperature=0.0)
 
 
 def _expected(run, messages):
-    prompt = reply_prompt(messages, run.tokenizer.encode)
-    return complete(
-        run.graphdef, run.params, run.cfg.model, run.tokenizer.encode, run.tokenizer.decode, [prompt], GREEDY, STOP_IDS
-    )[0]
+    prompt = reply_prompt(messages, run.tokenizer)
+    return complete(run.graphdef, run.params, run.cfg.model, run.tokenizer, [prompt], GREEDY, stop_ids(run.tokenizer))[
+        0
+    ]
 
 
 def test_repl_keeps_the_conversation_resets_and_quits(tiny_lineage):

@@ -8,12 +8,21 @@ import pytest
 
 from jaxllm.config import ConfigError
 from jaxllm.posttrain import chat_data
-from jaxllm.posttrain.chat_template import ASSISTANT, END, STOP_IDS, SYSTEM, USER, render, reply_prompt, training_row
-from jaxllm.tokenizer import BOS, PAD
+from jaxllm.posttrain.chat_template import render, reply_prompt, stop_ids, training_row
+from jaxllm.tokenizer import ROLES, ChatTokens, Tokenizer
 
 
-def encode(text):  # ids from 100 up, one per character: never a special id
-    return [100 + ord(c) % 50 for c in text]
+class Chars(Tokenizer):
+    """jaxllm's special ids; ids from 100 up, one per character: never a special id."""
+
+    def encode(self, text):
+        return [100 + ord(c) % 50 for c in text]
+
+
+TOKENIZER = Chars()
+encode = TOKENIZER.encode
+SYSTEM, USER, ASSISTANT = (TOKENIZER.chat.roles[r][0] for r in ROLES)
+(END,) = TOKENIZER.chat.end
 
 
 CONVERSATION = [
@@ -26,9 +35,9 @@ CONVERSATION = [
 
 
 def test_mask_covers_exactly_the_assistant_tokens():
-    r = render(CONVERSATION, encode)
+    r = render(CONVERSATION, TOKENIZER)
     expected_ids = (
-        [BOS, SYSTEM]
+        [TOKENIZER.bos, SYSTEM]
         + encode("be brief")
         + [END, USER]
         + encode("hi")
@@ -53,29 +62,42 @@ def test_mask_covers_exactly_the_assistant_tokens():
 
 def test_generation_prompt_is_the_training_prefix():
     history = CONVERSATION[:4]
-    prompt = reply_prompt(history, encode)
+    prompt = reply_prompt(history, TOKENIZER)
     assert prompt[-1] == ASSISTANT
-    assert render(CONVERSATION, encode).ids[: len(prompt)] == prompt
-    assert END in STOP_IDS
+    assert render(CONVERSATION, TOKENIZER).ids[: len(prompt)] == prompt
+    assert stop_ids(TOKENIZER)[0] == END
+
+
+class ChatML(Chars):
+    """Markup as an imported ChatML checkpoint has it: no opening id, roles and ends of several ids."""
+
+    chat = ChatTokens(start=(), roles={"system": (1, 11, 9), "user": (1, 12, 9), "assistant": (1, 13, 9)}, end=(2, 9))
+
+
+def test_multi_token_markup_masks_the_reply_and_its_whole_end():
+    r = render(CONVERSATION[1:3], ChatML())
+    assert r.ids == [1, 12, 9] + encode("hi") + [2, 9, 1, 13, 9] + encode("yo") + [2, 9]
+    assert [i for i, m in zip(r.ids, r.mask) if m] == encode("yo") + [2, 9]
+    assert reply_prompt(CONVERSATION[1:2], ChatML())[-3:] == [1, 13, 9] and stop_ids(ChatML())[0] == 2
 
 
 def test_training_row_shifts_and_pads():
-    r = render(CONVERSATION[1:3], encode)
-    row = training_row(r, 16)
+    r = render(CONVERSATION[1:3], TOKENIZER)
+    row = training_row(r, 16, pad=TOKENIZER.pad)
     n = len(r.ids)
     assert row["inputs"].shape == row["targets"].shape == row["loss_mask"].shape == (16,)
     np.testing.assert_array_equal(row["inputs"][: n - 1], r.ids[:-1])
     np.testing.assert_array_equal(row["targets"][: n - 1], r.ids[1:])
     np.testing.assert_array_equal(row["loss_mask"][: n - 1], r.mask[1:])
-    assert (row["inputs"][n:] == PAD).all() and (row["targets"][n - 1 :] == PAD).all()
+    assert (row["inputs"][n:] == TOKENIZER.pad).all() and (row["targets"][n - 1 :] == TOKENIZER.pad).all()
     assert (row["loss_mask"][n - 1 :] == 0).all()  # padding carries no loss
     with pytest.raises(ValueError, match="does not fit"):
-        training_row(r, n - 2)
+        training_row(r, n - 2, pad=TOKENIZER.pad)
 
 
 def test_bad_messages_are_named():
     with pytest.raises(ValueError, match="message 1"):
-        render([{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}], encode)
+        render([{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}], TOKENIZER)
 
 
 def test_first_sentence():

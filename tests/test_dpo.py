@@ -48,6 +48,10 @@ def test_policy_equal_to_reference_gives_ln2():
     loss, m = jax.jit(make_loss_fn(0.1), static_argnums=1)(params, graphdef, batch)
     np.testing.assert_allclose(loss, math.log(2), rtol=1e-6)
     np.testing.assert_allclose([m["margin"], m["chosen_reward"], m["rejected_reward"]], 0.0, atol=1e-6)
+    # RPO: plus the weight times the chosen replies' mean negative log-likelihood over their 15 reply tokens
+    with_nll, m = jax.jit(make_loss_fn(0.1, 0.5), static_argnums=1)(params, graphdef, batch)
+    nll = -float(np.sum(batch["chosen_ref"])) / 15
+    np.testing.assert_allclose([float(with_nll), float(m["chosen_nll"])], [math.log(2) + 0.5 * nll, nll], rtol=1e-5)
 
 
 @pytest.mark.slow

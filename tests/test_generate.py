@@ -123,8 +123,7 @@ def test_train_generate_export_import_and_fine_tune(tiny_corpus, tmp_path, capsy
         loaded.graphdef,
         loaded.params,
         loaded.cfg.model,
-        loaded.tokenizer.encode,
-        loaded.tokenizer.decode,
+        loaded.tokenizer,
         ["def f(x):"],
         generate.SamplingConfig(max_new_tokens=12, temperature=0.0),
     )[0]

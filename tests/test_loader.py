@@ -36,7 +36,7 @@ def test_eval_batches_are_fixed_and_cover_the_split():
 
 def test_shards_round_trip_with_bos_separators(tmp_path):
     docs = [[10, 11, 12], [20], [30, 31]]
-    index = shards.write_split(tmp_path, "train", iter(docs), n_bytes=99, vocab_size=512)
+    index = shards.write_split(tmp_path, "train", iter(docs), n_bytes=99, vocab_size=512, bos=BOS)
     tokens, read_index = shards.read_split(tmp_path, "train")
     assert index == read_index == {"split": "train", "dtype": "uint16", "tokens": 9, "documents": 3, "bytes": 99}
     np.testing.assert_array_equal(tokens, [BOS, 10, 11, 12, BOS, 20, BOS, 30, 31])

@@ -81,7 +81,7 @@ def test_grpo_gradient_on_policy_is_the_advantage_weighted_score():
 
 
 def test_reply_rows_mask_the_reply_and_its_stop_token():
-    rows = reply_rows([[2, 5, 40, 41, 6], [2, 5, 42, 6]], [[50, 51, 7], [52]], seq_len=8)
+    rows = reply_rows([[2, 5, 40, 41, 6], [2, 5, 42, 6]], [[50, 51, 7], [52]], seq_len=8, pad=0)
     np.testing.assert_array_equal(rows["inputs"][0], [2, 5, 40, 41, 6, 50, 51, 7])
     np.testing.assert_array_equal(rows["targets"][0], [5, 40, 41, 6, 50, 51, 7, 0])
     np.testing.assert_array_equal(rows["loss_mask"][0], [0, 0, 0, 0, 1, 1, 1, 0])

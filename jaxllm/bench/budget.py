@@ -27,7 +27,6 @@ import numpy as np
 from jaxllm.config import load_experiment, parse_duration
 from jaxllm.data.prepare import prepare
 from jaxllm.model.scoring import token_logprobs
-from jaxllm.tokenizer import BOS
 from jaxllm.train.checkpoint import load_run
 
 COMPRESSORS = {
@@ -37,9 +36,9 @@ COMPRESSORS = {
 }
 
 
-def held_out_documents(val_tokens: np.ndarray) -> list[np.ndarray]:
-    """The held-out split's documents (each starts with <bos>), as token arrays."""
-    starts = np.flatnonzero(val_tokens == BOS)
+def held_out_documents(val_tokens: np.ndarray, bos: int) -> list[np.ndarray]:
+    """The held-out split's documents (each starts with the tokenizer's <bos> id), as token arrays."""
+    starts = np.flatnonzero(val_tokens == bos)
     return [np.asarray(val_tokens[a:b]) for a, b in zip(starts, list(starts[1:]) + [len(val_tokens)])]
 
 
@@ -110,7 +109,7 @@ def bench_budget(budget: str, fixed: str, root: pathlib.Path, extra: list[str]) 
         within = [r for r in evals if r["time_s"] <= budget_s]
         plan = next((r for r in records if r.get("plan_vs_achieved")), None)
         prepared = prepare(load_run(run_dir).saved, progress=False)
-        docs = held_out_documents(prepared.val_tokens)
+        docs = held_out_documents(prepared.val_tokens, prepared.tokenizer.bos)
         texts = [prepared.tokenizer.decode(doc[1:].tolist()).encode("utf-8") for doc in docs]
         bpb, n_bytes = model_bpb(run_dir, docs)
         config = json.loads((run_dir / "config.json").read_text())

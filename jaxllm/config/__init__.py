@@ -68,7 +68,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     sources: tuple[str, ...] = ("stdlib",)  # see jaxllm.data.sources for the forms
-    tokenizer: str = "bpe"  # 'bpe' (sentencepiece, byte fallback) | 'char'
+    # 'bpe' (sentencepiece, byte fallback) | 'char' | 'hf' (an imported checkpoint's tokenizer.json: never trained)
+    tokenizer: str = "bpe"
     val_fraction: float = 0.05  # share of documents held out, chosen by a hash of each document's id
     tokenizer_train_bytes: int = 12_000_000  # sample of the training split the tokenizer learns from
     cache_dir: str = "runs/.prepared"  # prepared data lives in cache_dir/<hash of these settings>
@@ -130,6 +131,7 @@ class PosttrainConfig:
     beta: float = 0.1  # DPO: how strongly the policy is held near the reference (the starting checkpoint)
     text_mix: float = 0.0  # SFT: the share of each batch (rows and loss) that is pretraining text, against forgetting
     own_mistakes: int = 0  # DPO: train problems of the task sources the start answers greedily; wrong replies: rejected
+    nll_weight: float = 0.0  # DPO: weight of the chosen replies' negative log-likelihood added to the loss (RPO)
     # RL (GRPO, jaxllm.posttrain.rl): task sources, replies sampled per problem (train.batch_size / group_size
     # problems a sample), their temperature, the ratio's clip, the KL penalty's weight, optimizer steps per sample
     prompts: tuple[str, ...] = ("tasks",)
@@ -138,6 +140,18 @@ class PosttrainConfig:
     clip_eps: float = 0.2
     kl_coef: float = 0.04
     updates_per_sample: int = 1
+    # LoRA (jaxllm.train.lora) for any post-training stage: adapters of rank lora_rank on the lora_targets
+    # projections of every block, the base frozen; 0 trains every parameter. The adapters are scaled by
+    # lora_alpha / lora_rank. alpha stays fixed as the rank changes, as Hu et al. (2021) do: the scale then keeps the
+    # update's size about the same, so a learning rate found at one rank serves the others; 16 gives scale 1 at
+    # rank 16. The default targets are every projection both families have (adapting all of them comes closer to
+    # full fine-tuning than q and v alone: Dettmers et al. 2023, QLoRA); Llama runs may add its 'gate'.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "up", "down")
+
+
+LORA_TARGETS = ("q", "k", "v", "o", "up", "gate", "down")  # the blocks' projections (model.transformer.PROJECTIONS)
 
 
 @dataclass(frozen=True)
@@ -204,6 +218,36 @@ def _rl_checks(pt: PosttrainConfig, t: TrainConfig) -> list[tuple[bool, str]]:
     ]
 
 
+def _lora_checks(cfg: Config) -> list[tuple[bool, str]]:
+    pt = cfg.posttrain
+    if pt.lora_rank == 0:  # full fine-tuning: the other LoRA settings are unused
+        return []
+    unknown = [t for t in pt.lora_targets if t not in LORA_TARGETS]
+    return [
+        (pt.lora_rank > 0, f"posttrain.lora_rank={pt.lora_rank}: use 0 (full fine-tuning) or a rank, e.g. 16"),
+        (
+            pt.stage != "",
+            f"posttrain.lora_rank={pt.lora_rank} adapts a trained model: use it with python -m jaxllm.sft, "
+            ".dpo or .rl, or set --posttrain.lora_rank=0",
+        ),
+        (pt.lora_alpha > 0, f"posttrain.lora_alpha={pt.lora_alpha}: must be positive, e.g. 16"),
+        (
+            bool(pt.lora_targets) and not unknown and len(set(pt.lora_targets)) == len(pt.lora_targets),
+            f"posttrain.lora_targets={','.join(pt.lora_targets)}: name each once, from {', '.join(LORA_TARGETS)}",
+        ),
+        (
+            "gate" not in pt.lora_targets or cfg.model.family == "llama",
+            f"posttrain.lora_targets has 'gate', which model.family={cfg.model.family!r} lacks: drop it "
+            "(q,k,v,o,up,down)",
+        ),
+        (
+            cfg.optim.name == "adamw",
+            f"optim.name={cfg.optim.name!r} orthogonalises whole block matrices; LoRA's adapters train with AdamW: "
+            "set --optim.name=adamw",
+        ),
+    ]
+
+
 def validate(cfg: Config) -> Config:
     """Checks that do not need devices or data; raises ConfigError naming the bad value and the fix."""
     m, t, o, pt = cfg.model, cfg.train, cfg.optim, cfg.posttrain
@@ -233,7 +277,7 @@ def validate(cfg: Config) -> Config:
             m.remat in ("none", "full", "save_matmuls", "save_attention"),
             f"model.remat={m.remat!r}: use none, full, save_matmuls or save_attention",
         ),
-        (cfg.data.tokenizer in ("bpe", "char"), f"data.tokenizer={cfg.data.tokenizer!r}: use bpe or char"),
+        (cfg.data.tokenizer in ("bpe", "char", "hf"), f"data.tokenizer={cfg.data.tokenizer!r}: use bpe or char"),
         (0 < cfg.data.val_fraction < 1, f"data.val_fraction={cfg.data.val_fraction}: must be between 0 and 1"),
         (len(cfg.data.sources) >= 1, "data.sources is empty: name at least one source, e.g. '[\"stdlib\"]'"),
         (pt.stage in ("", "sft", "dpo", "rl"), f"posttrain.stage={pt.stage!r}: use '' (pretraining), sft, dpo or rl"),
@@ -248,6 +292,7 @@ def validate(cfg: Config) -> Config:
         ),
         (0 < pt.val_fraction < 1, f"posttrain.val_fraction={pt.val_fraction}: must be between 0 and 1"),
         (pt.beta > 0, f"posttrain.beta={pt.beta}: must be positive"),
+        (pt.nll_weight >= 0, f"posttrain.nll_weight={pt.nll_weight}: must be 0 (plain DPO) or positive"),
         (0 <= pt.text_mix < 1, f"posttrain.text_mix={pt.text_mix}: must be in [0, 1)"),
         (pt.own_mistakes >= 0, f"posttrain.own_mistakes={pt.own_mistakes}: must be 0 (off) or a number of problems"),
         (
@@ -260,6 +305,7 @@ def validate(cfg: Config) -> Config:
             f"posttrain.text_mix={pt.text_mix} mixes pretraining text into SFT only: drop it for this stage",
         ),
         *_rl_checks(pt, t),
+        *_lora_checks(cfg),
         (t.steps >= 1, f"train.steps={t.steps}: must be at least 1"),
         (t.batch_size >= 1, f"train.batch_size={t.batch_size}: must be at least 1"),
         (

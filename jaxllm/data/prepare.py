@@ -175,7 +175,7 @@ def _build(cfg: Config, tmp: pathlib.Path, progress: bool) -> dict:
                 yield from tokenizer.encode_batch([d.text for d in docs[i : i + 256]])
 
         n_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
-        splits[name] = shards.write_split(tmp, name, encoded(), n_bytes, tokenizer.vocab_size)
+        splits[name] = shards.write_split(tmp, name, encoded(), n_bytes, tokenizer.vocab_size, tokenizer.bos)
     t3 = time.perf_counter()
     for name, index in splits.items():
         _say(
@@ -205,6 +205,11 @@ def load_prepared(directory: pathlib.Path) -> Prepared:
 
 def prepare(cfg: Config, progress: bool = True) -> Prepared:
     """The prepared data for this config: reused when present and complete, built otherwise."""
+    if cfg.data.tokenizer == "hf":
+        raise ConfigError(
+            "data.tokenizer=hf is an imported checkpoint's tokenizer.json, which jaxllm cannot train or prepare data "
+            "with: post-train the imported run (sft, dpo, rl) with --posttrain.text_mix=0, or pretrain a bpe run"
+        )
     check_sources(cfg.data.sources)
     root = pathlib.Path(cfg.data.cache_dir)
     final = root / cache_key(cfg)

@@ -1,8 +1,8 @@
 """Token shards: one split's token ids in a flat binary file, memory-mapped for reading, with a JSON index.
 
-Documents are concatenated, each starting with <bos>, so no padding is ever trained on. The index records the
-dtype, the token and document counts, each document's start offset (`<split>.offsets.npy`) and the UTF-8 bytes
-of the text, which bits-per-byte figures need.
+Documents are concatenated, each starting with the tokenizer's <bos>, so no padding is ever trained on. The index
+records the dtype, the token and document counts, each document's start offset (`<split>.offsets.npy`) and the
+UTF-8 bytes of the text, which bits-per-byte figures need.
 """
 
 from __future__ import annotations
@@ -13,15 +13,13 @@ from typing import Iterable
 
 import numpy as np
 
-from jaxllm.tokenizer import BOS
-
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
 
 
 def write_split(
-    directory: pathlib.Path, split: str, docs_tokens: Iterable[list[int]], n_bytes: int, vocab_size: int
+    directory: pathlib.Path, split: str, docs_tokens: Iterable[list[int]], n_bytes: int, vocab_size: int, bos: int
 ) -> dict:
     """Writes <split>.bin, <split>.offsets.npy and <split>.json; returns the index. Callers write into a
     temporary directory and rename it when every split is done, so a reader never sees a partial shard."""
@@ -30,7 +28,7 @@ def write_split(
     with open(directory / f"{split}.bin", "wb") as f:
         for ids in docs_tokens:
             row = np.empty(len(ids) + 1, dtype)
-            row[0], row[1:] = BOS, ids
+            row[0], row[1:] = bos, ids
             f.write(row.tobytes())
             offsets.append(total)
             total += len(row)

@@ -30,7 +30,7 @@ from jaxllm.inference.generate import SamplingConfig, complete
 from jaxllm.model.scoring import sequence_logprobs, summed_logprobs
 from jaxllm.plots import plt, save_figure
 from jaxllm.posttrain import chat_data, tasks
-from jaxllm.posttrain.chat_template import STOP_IDS, reply_prompt
+from jaxllm.posttrain.chat_template import reply_prompt, stop_ids
 from jaxllm.posttrain.dpo import pair_rows, preference_metrics
 from jaxllm.train import checkpoint
 from jaxllm.train.checkpoint import load_run
@@ -81,7 +81,7 @@ def choice_logprobs(run, items: list[dict], bucket: int = 32, batch: int = 32) -
     limit = run.cfg.model.block_size + 1
     sequences = []  # (item, choice, ids, number of choice tokens)
     for i, item in enumerate(items):
-        prompt = reply_prompt([{"role": "user", "content": item["question"]}], run.tokenizer.encode)
+        prompt = reply_prompt([{"role": "user", "content": item["question"]}], run.tokenizer)
         for j, choice in enumerate(item["choices"]):
             answer = run.tokenizer.encode(choice)
             sequences.append((i, j, (prompt + answer)[-limit:], len(answer)))  # a long question loses its start
@@ -122,16 +122,15 @@ def multiple_choice(run, items: list[dict]) -> dict:
 
 def replies(run, questions: list[str], max_new_tokens: int, temperature: float = 0.0) -> list[str]:
     """Each question's reply as one user turn: greedy, or sampled (every row its own draw, seed 0)."""
-    prompts = [reply_prompt([{"role": "user", "content": q}], run.tokenizer.encode) for q in questions]
+    prompts = [reply_prompt([{"role": "user", "content": q}], run.tokenizer) for q in questions]
     return complete(
         run.graphdef,
         run.params,
         run.cfg.model,
-        run.tokenizer.encode,
-        run.tokenizer.decode,
+        run.tokenizer,
         prompts,
         SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature),
-        STOP_IDS,
+        stop_ids(run.tokenizer),
     )
 
 
@@ -195,7 +194,7 @@ def evaluate_runs(
         if run.cfg.posttrain.stage == "dpo":
             reference = runs.get(run.cfg.train.init_from) or load_run(pathlib.Path(run.cfg.train.init_from))
             pairs = chat_data.load(run.cfg.posttrain.preferences, "preferences", run.cfg.posttrain.val_fraction)[1]
-            rows, _ = pair_rows(pairs, run.tokenizer.encode, run.cfg.posttrain.seq_len)
+            rows, _ = pair_rows(pairs, run.tokenizer, run.cfg.posttrain.seq_len)
             result["dpo_heldout"] = preference_metrics(
                 run.graphdef, run.params, reference.params, rows, run.cfg.posttrain.beta
             )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-from typing import Callable, Iterator
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ from flax import nnx
 
 from jaxllm.config import ConfigError, ModelConfig
 from jaxllm.inference.cache import cache_grows, cache_length, grow_cache, jit_decode_weights, jit_init_cache
-from jaxllm.tokenizer import BOS, EOS, Tokenizer
+from jaxllm.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +91,7 @@ def generate_tokens(
     cfg: ModelConfig,
     prompts: list[list[int]],
     sampling: SamplingConfig,
-    stop_ids: tuple[int, ...] = (EOS, BOS),
+    stop_ids: tuple[int, ...],
     key: jax.Array | None = None,
 ) -> Iterator[np.ndarray]:
     """Yields the next token of every row, (B,) int, step by step, until every row has emitted a stop id or the
@@ -102,7 +102,9 @@ def generate_tokens(
         params = nnx.to_pure_dict(params)
     limit = cfg.block_size
     max_new = max(1, min(sampling.max_new_tokens, limit - 1))
-    prompts = [p[-(limit - max_new) :] or [BOS] for p in prompts]
+    if not all(prompts):
+        raise ValueError("an empty prompt: start it with the tokenizer's bos id")
+    prompts = [p[-(limit - max_new) :] for p in prompts]
     width = max(map(len, prompts))
     b = len(prompts)
     tokens = np.zeros((b, width), np.int32)
@@ -145,34 +147,40 @@ def generate_tokens(
         pending = chunk_tokens
 
 
-def _prompt_ids(prompt: str | list[int], encode: Callable) -> list[int]:
-    """A text prompt starts a document (<bos>); token ids (e.g. a rendered chat) are used as they are."""
-    return [BOS] + encode(prompt) if isinstance(prompt, str) else prompt
+def _document_end(tokenizer: Tokenizer) -> tuple[int, ...]:
+    """<eos>, or a <bos>, which would start another document."""
+    return (tokenizer.eos, tokenizer.bos)
+
+
+def _prompt_ids(prompt: str | list[int], tokenizer: Tokenizer) -> list[int]:
+    """A text prompt starts a document (the tokenizer's <bos>); token ids (e.g. a rendered chat) are used as is."""
+    return [tokenizer.bos] + tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
 
 
 def complete(
     graphdef: nnx.GraphDef,
     params: dict,
     cfg: ModelConfig,
-    encode: Callable,
-    decode: Callable,
+    tokenizer: Tokenizer,
     prompts: list[str] | list[list[int]],
     sampling: SamplingConfig,
-    stop_ids: tuple[int, ...] = (EOS, BOS),
+    stop_ids: tuple[int, ...] | None = None,
     key: jax.Array | None = None,
 ) -> list[str]:
-    """Text (or token ids) in, text out: each prompt's continuation up to its first stop token."""
+    """Text (or token ids) in, text out: each prompt's continuation up to its first stop token (stop_ids: by
+    default the end of a document, _document_end)."""
+    stop_ids = _document_end(tokenizer) if stop_ids is None else stop_ids
     outputs: list[list[int]] = [[] for _ in prompts]
     stopped = [False] * len(prompts)
     for step_tokens in generate_tokens(
-        graphdef, params, cfg, [_prompt_ids(p, encode) for p in prompts], sampling, stop_ids, key
+        graphdef, params, cfg, [_prompt_ids(p, tokenizer) for p in prompts], sampling, stop_ids, key
     ):
         for i, t in enumerate(step_tokens):
             if not stopped[i]:
                 stopped[i] = int(t) in stop_ids
                 if not stopped[i]:
                     outputs[i].append(int(t))
-    return [decode(o) for o in outputs]
+    return [tokenizer.decode(o) for o in outputs]
 
 
 def stream(
@@ -182,15 +190,14 @@ def stream(
     tokenizer: Tokenizer,
     prompt: str | list[int],
     sampling: SamplingConfig,
-    stop_ids: tuple[int, ...] = (EOS, BOS),
+    stop_ids: tuple[int, ...] | None = None,
 ) -> Iterator[str]:
     """One prompt's (text or token ids) continuation as text pieces, yielded as soon as they decode to whole
-    characters, up to its first stop token."""
+    characters, up to its first stop token (stop_ids: by default the end of a document, _document_end)."""
+    stop_ids = _document_end(tokenizer) if stop_ids is None else stop_ids
     ids: list[int] = []
     shown = ""
-    for step_tokens in generate_tokens(
-        graphdef, params, cfg, [_prompt_ids(prompt, tokenizer.encode)], sampling, stop_ids
-    ):
+    for step_tokens in generate_tokens(graphdef, params, cfg, [_prompt_ids(prompt, tokenizer)], sampling, stop_ids):
         token = int(step_tokens[0])
         if token in stop_ids:
             break

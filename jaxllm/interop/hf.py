@@ -2,11 +2,12 @@
 
 The command (`python -m jaxllm.hf export|import`, jaxllm/hf.py) moves whole runs: export writes `config.json` and
 `model.safetensors` that transformers loads into GPT2LMHeadModel or LlamaForCausalLM, the run's tokenizer file
-(sentencepiece `tokenizer.model`, or `char_tokenizer.json` for the character kind, renamed so it is not taken for a
-transformers `tokenizer.json`), and `jaxllm.json` (the run's whole config, so an import restores data and optimizer
-settings too). Import reads such a directory (or any GPT-2 / Llama safetensors checkpoint, sharded or not, whose
-tokenizer is a sentencepiece `tokenizer.model`) into a step-0 checkpoint that generate, evaluate and train accept;
-`--init_from=hf:DIR` starts training from it.
+(sentencepiece `tokenizer.model`, `char_tokenizer.json` for the character kind, renamed so it is not taken for a
+transformers `tokenizer.json`, or an imported checkpoint's `tokenizer.json` with its `tokenizer_config.json`:
+jaxllm.interop.hf_tokenizer), and `jaxllm.json` (the run's whole config, so an import restores data and optimizer
+settings too). Import reads such a directory (or any GPT-2 / Llama safetensors checkpoint, sharded or not, with a
+transformers `tokenizer.json` or a sentencepiece `tokenizer.model`) into a step-0 checkpoint that generate,
+evaluate and train accept; `--init_from=hf:DIR` starts training from it.
 
 The safetensors format (8-byte header length, JSON header, raw little-endian tensors) is read and written here
 with numpy: the runtime needs neither torch nor transformers.
@@ -92,13 +93,12 @@ def read_hf_tensors(hf_dir: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def hf_config(m: ModelConfig) -> dict:
-    """transformers' config.json for this model (GPT2LMHeadModel or LlamaForCausalLM)."""
+    """transformers' config.json for this model (GPT2LMHeadModel or LlamaForCausalLM). The special token ids are the
+    tokenizer's, which export fills in; None here, rather than transformers' defaults (GPT-2's 50256)."""
     common = {
         "vocab_size": m.vocab_size,
         "tie_word_embeddings": m.tie_embeddings,
-        "bos_token_id": 2,
-        "eos_token_id": 3,
-        "pad_token_id": 0,
+        **dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id")),
         "torch_dtype": "float32",
     }
     if m.family == "gpt2":
@@ -308,6 +308,25 @@ def from_hf_tensors(tensors: dict[str, np.ndarray], m: ModelConfig) -> dict:
     if not m.tie_embeddings:
         params["head"] = get("lm_head.weight").T
     return params | {"blocks": blocks}
+
+
+def add_token_rows(m: ModelConfig, params: dict, ids: list[int], n_tokens: int) -> tuple[ModelConfig, dict]:
+    """The config and params with embedding (and untied head) rows for tokens added at `ids`, grown to hold them:
+    each such row is the mean of the rows of the n_tokens tokens the model was trained with, the usual start for
+    new tokens (their first logits are average ones, not noise)."""
+    if not ids:
+        return m, params
+    rows = max(m.vocab_size, max(ids) + 1)
+
+    def grow(table: np.ndarray) -> np.ndarray:  # (V, E) -> (rows, E)
+        out = np.concatenate([table, np.zeros((rows - len(table), table.shape[1]), table.dtype)])
+        out[ids] = table[:n_tokens].mean(axis=0)
+        return out
+
+    grown = params | {"embed": grow(params["embed"])}
+    if "head" in params:  # (E, V)
+        grown["head"] = grow(params["head"].T).T
+    return dataclasses.replace(m, vocab_size=rows), grown
 
 
 def load_hf(hf_dir: pathlib.Path) -> tuple[ModelConfig, dict]:

@@ -138,6 +138,19 @@ class MLP(nnx.Module):
         return ops.dense(h, self.down[...], bias=bias, transpose_w=down_out_in)
 
 
+# The blocks' projection matrices: name -> (the block's submodule holding it, its input axes after the leading
+# 'layers' axis: those ops.dense contracts; the remaining axes are its outputs). Muon and LoRA read the layout here.
+PROJECTIONS = {
+    "q": ("attn", 1),
+    "k": ("attn", 1),
+    "v": ("attn", 1),
+    "o": ("attn", 2),
+    "up": ("mlp", 1),
+    "gate": ("mlp", 1),
+    "down": ("mlp", 1),
+}
+
+
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.norm1 = Norm(cfg)

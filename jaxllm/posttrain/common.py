@@ -16,7 +16,7 @@ import numpy as np
 from jaxllm import sharding
 from jaxllm.config import Config, ConfigError, config_from_dict, replace, validate
 from jaxllm.inference.generate import SamplingConfig, complete
-from jaxllm.posttrain.chat_template import STOP_IDS, render, reply_prompt, training_row
+from jaxllm.posttrain.chat_template import render, reply_prompt, stop_ids, training_row
 from jaxllm.tokenizer import Tokenizer
 from jaxllm.train import checkpoint
 
@@ -47,13 +47,15 @@ def starting_tokenizer(cfg: Config) -> Tokenizer:
     return checkpoint.tokenizer_from_meta(_starting_meta(cfg), pathlib.Path(cfg.train.init_from))
 
 
-def conversation_rows(conversations: list[dict], encode: Callable, seq_len: int) -> tuple[dict[str, np.ndarray], int]:
+def conversation_rows(
+    conversations: list[dict], tokenizer: Tokenizer, seq_len: int
+) -> tuple[dict[str, np.ndarray], int]:
     """Stacked training rows {'inputs', 'targets', 'loss_mask': (N, seq_len)} of the conversations that fit, and
     how many did not (left out whole: a cut answer would teach the model to stop mid-sentence)."""
     rows = []
     for conversation in conversations:
         try:
-            rows.append(training_row(render(conversation["messages"], encode), seq_len))
+            rows.append(training_row(render(conversation["messages"], tokenizer), seq_len, tokenizer.pad))
         except ValueError:
             continue
     if not rows:
@@ -96,11 +98,10 @@ def chat_sample(cfg: Config, tokenizer: Tokenizer, question: str) -> Callable:
             graphdef,
             params,
             cfg.model,
-            tokenizer.encode,
-            tokenizer.decode,
-            [reply_prompt([{"role": "user", "content": question}], tokenizer.encode)],
+            tokenizer,
+            [reply_prompt([{"role": "user", "content": question}], tokenizer)],
             SamplingConfig(max_new_tokens=cfg.train.sample_tokens, temperature=0.0),
-            STOP_IDS,
+            stop_ids(tokenizer),
         )[0]
         return f"user: {question}\nassistant: {reply}"
 

@@ -22,7 +22,7 @@ from jaxllm.config import Config, ConfigError
 from jaxllm.inference.generate import SamplingConfig, complete
 from jaxllm.model.scoring import sequence_logprobs, token_logprobs
 from jaxllm.posttrain import chat_data, tasks
-from jaxllm.posttrain.chat_template import STOP_IDS, render, reply_prompt, training_row
+from jaxllm.posttrain.chat_template import render, reply_prompt, stop_ids, training_row
 from jaxllm.posttrain.common import (
     chat_sample,
     conversation_rows,
@@ -31,9 +31,10 @@ from jaxllm.posttrain.common import (
     starting_tokenizer,
     step_indices,
 )
+from jaxllm.tokenizer import Tokenizer
 from jaxllm.train import checkpoint
 from jaxllm.train.stage import Stage
-from jaxllm.train.step import make_trainer
+from jaxllm.train.step import make_trainer, model_layout
 
 SIDES = ("chosen", "rejected")
 
@@ -59,9 +60,11 @@ def dpo_loss(
     }
 
 
-def make_loss_fn(beta: float):
+def make_loss_fn(beta: float, nll_weight: float = 0.0):
     """(params, graphdef, batch) -> (loss, metrics) for the step. The batch holds, per side s in SIDES,
-    s_inputs, s_targets, s_loss_mask and s_ref (the reference's masked_logprobs), all (B,T)."""
+    s_inputs, s_targets, s_loss_mask and s_ref (the reference's masked_logprobs), all (B,T). nll_weight > 0 adds
+    that weight x the chosen replies' mean negative log-likelihood per token (RPO, Pang et al. 2024): plain DPO
+    can lower the chosen reply's likelihood as long as the rejected one falls faster, and greedy answers with it."""
 
     def loss_fn(params, graphdef, batch):
         # one forward pass over both sides: (2B,T)
@@ -71,18 +74,20 @@ def make_loss_fn(beta: float):
         }
         summed = jnp.sum(masked_logprobs(params, graphdef, both["inputs"], both["targets"], both["loss_mask"]), axis=-1)
         policy_chosen, policy_rejected = jnp.split(summed, 2)
-        return dpo_loss(
+        loss, metrics = dpo_loss(
             policy_chosen,
             policy_rejected,
             jnp.sum(batch["chosen_ref"], axis=-1),
             jnp.sum(batch["rejected_ref"], axis=-1),
             beta,
         )
+        nll = -jnp.sum(policy_chosen) / jnp.maximum(jnp.sum(batch["chosen_loss_mask"]), 1.0)
+        return loss + nll_weight * nll, {**metrics, "dpo_loss": loss, "chosen_nll": nll}
 
     return loss_fn
 
 
-def pair_rows(pairs: list[dict], encode, seq_len: int) -> tuple[dict[str, np.ndarray], int]:
+def pair_rows(pairs: list[dict], tokenizer: Tokenizer, seq_len: int) -> tuple[dict[str, np.ndarray], int]:
     """{'<side>_inputs', '<side>_targets', '<side>_loss_mask': (N, seq_len)} for the pairs whose both sides fit
     seq_len, and how many did not."""
     rows = []
@@ -90,7 +95,9 @@ def pair_rows(pairs: list[dict], encode, seq_len: int) -> tuple[dict[str, np.nda
         prompt = chat_data.prompt_messages(pair)
         try:
             sides = {
-                side: training_row(render(prompt + [{"role": "assistant", "content": pair[side]}], encode), seq_len)
+                side: training_row(
+                    render(prompt + [{"role": "assistant", "content": pair[side]}], tokenizer), seq_len, tokenizer.pad
+                )
                 for side in SIDES
             }
         except ValueError:
@@ -124,7 +131,7 @@ OWN_MISTAKES_BATCH = 256  # prompts generated at once
 def own_mistakes(cfg: Config, graphdef, params: dict, tokenizer, problems: list[tasks.Problem]) -> list[dict]:
     """Preference pairs of each problem's answer against the model's own greedy reply, where its checker rejects
     the reply: the errors the model makes, rather than near misses it may never produce."""
-    prompts = [reply_prompt([{"role": "user", "content": p.prompt}], tokenizer.encode) for p in problems]
+    prompts = [reply_prompt([{"role": "user", "content": p.prompt}], tokenizer) for p in problems]
     sampling = SamplingConfig(max_new_tokens=tasks.REPLY_TOKENS, temperature=0.0)
     replies = []
     for i in range(0, len(prompts), OWN_MISTAKES_BATCH):
@@ -132,11 +139,10 @@ def own_mistakes(cfg: Config, graphdef, params: dict, tokenizer, problems: list[
             graphdef,
             params,
             cfg.model,
-            tokenizer.encode,
-            tokenizer.decode,
+            tokenizer,
             prompts[i : i + OWN_MISTAKES_BATCH],
             sampling,
-            STOP_IDS,
+            stop_ids(tokenizer),
         )
     return [
         {"prompt": p.prompt, "chosen": p.answer, "rejected": r.strip()}
@@ -157,15 +163,15 @@ def dpo_stage(cfg: Config, mesh, progress: bool) -> Stage:
     train, heldout = chat_data.load(pt.preferences, "preferences", pt.val_fraction)
     chat_data.check_split(train, heldout, "posttrain.preferences")
     trainer, abstract_state = make_trainer(cfg, mesh)  # for the parameters' structure and shardings only
-    reference = checkpoint.restore_latest_params(cfg.train.init_from, cfg.model, abstract_state["params"])
+    reference = checkpoint.restore_latest_params(cfg.train.init_from, cfg.model, model_layout(abstract_state))
     own = []
     if pt.own_mistakes:
         own = own_mistakes(cfg, trainer.graphdef, reference, tokenizer, _task_problems(pt, pt.own_mistakes))
     train = train + own
-    train_rows, dropped = pair_rows(train, tokenizer.encode, pt.seq_len)
+    train_rows, dropped = pair_rows(train, tokenizer, pt.seq_len)
     heldout_chosen, _ = conversation_rows(
         [{"messages": chat_data.prompt_messages(p) + [{"role": "assistant", "content": p["chosen"]}]} for p in heldout],
-        tokenizer.encode,
+        tokenizer,
         pt.seq_len,
     )
     n = len(train_rows["chosen_inputs"])
@@ -207,5 +213,5 @@ def dpo_stage(cfg: Config, mesh, progress: bool) -> Stage:
         train_batch,
         fixed_batches(heldout_chosen, batch, cfg.train.eval_batches, mesh),
         chat_sample(cfg, tokenizer, question),
-        make_loss_fn(pt.beta),
+        make_loss_fn(pt.beta, pt.nll_weight),
     )

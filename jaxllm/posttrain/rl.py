@@ -32,7 +32,7 @@ from jaxllm.config import Config, ConfigError
 from jaxllm.inference.generate import SamplingConfig, complete, generate_tokens
 from jaxllm.model.scoring import token_logprobs
 from jaxllm.posttrain import tasks
-from jaxllm.posttrain.chat_template import PAD, STOP_IDS, reply_prompt
+from jaxllm.posttrain.chat_template import reply_prompt, stop_ids
 from jaxllm.posttrain.common import (
     chat_sample,
     conversation_rows,
@@ -43,7 +43,7 @@ from jaxllm.posttrain.common import (
 )
 from jaxllm.train import checkpoint
 from jaxllm.train.stage import Stage
-from jaxllm.train.step import make_trainer, sampling_key
+from jaxllm.train.step import make_trainer, model_layout, sampling_key
 
 GROUP_STD_EPS = 1e-4  # keeps a group with one dissenting reply from an unbounded advantage
 EVAL_PROBLEMS = 192  # held-out problems whose greedy pass@1 each evaluation logs (a 95% interval of +-7 points)
@@ -104,11 +104,11 @@ def make_loss_fn(clip_eps: float, kl_coef: float):
     return loss_fn
 
 
-def reply_rows(prompts: list[list[int]], replies: list[list[int]], seq_len: int) -> dict[str, np.ndarray]:
+def reply_rows(prompts: list[list[int]], replies: list[list[int]], seq_len: int, pad: int) -> dict[str, np.ndarray]:
     """Prompt + reply token rows {'inputs', 'targets', 'loss_mask': (N, seq_len)}, the mask on the reply's tokens;
     a row too long keeps its prompt's end (the generator cut it the same way)."""
     n = len(prompts)
-    ids = np.full((n, seq_len + 1), PAD, np.int32)
+    ids = np.full((n, seq_len + 1), pad, np.int32)
     mask = np.zeros((n, seq_len + 1), np.float32)
     for i, (prompt, reply) in enumerate(zip(prompts, replies)):
         prompt = prompt[-(seq_len + 1 - len(reply)) :]
@@ -117,15 +117,17 @@ def reply_rows(prompts: list[list[int]], replies: list[list[int]], seq_len: int)
     return {"inputs": ids[:, :-1], "targets": ids[:, 1:], "loss_mask": mask[:, 1:]}
 
 
-def sample_replies(cfg: Config, graphdef, params, prompts: list[list[int]], key) -> list[list[int]]:
-    """Each prompt's sampled reply tokens, up to and including its first stop token."""
+def sample_replies(
+    cfg: Config, graphdef, params, prompts: list[list[int]], stops: tuple[int, ...], key
+) -> list[list[int]]:
+    """Each prompt's sampled reply tokens, up to and including its first stop token (one of stops)."""
     sampling = SamplingConfig(max_new_tokens=tasks.REPLY_TOKENS, temperature=cfg.posttrain.temperature)
     replies: list[list[int]] = [[] for _ in prompts]
     stopped = np.zeros(len(prompts), bool)
-    for step_tokens in generate_tokens(graphdef, params, cfg.model, prompts, sampling, STOP_IDS, key):
+    for step_tokens in generate_tokens(graphdef, params, cfg.model, prompts, sampling, stops, key):
         for i in np.flatnonzero(~stopped):
             replies[i].append(int(step_tokens[i]))
-        stopped |= np.isin(step_tokens, STOP_IDS)
+        stopped |= np.isin(step_tokens, stops)
     return replies
 
 
@@ -146,9 +148,10 @@ def rl_stage(cfg: Config, mesh, progress: bool) -> Stage:
     pt, batch, t = cfg.posttrain, cfg.train.batch_size, cfg.train
     trainer, abstract_state = make_trainer(cfg, mesh)  # for the parameters' structure and shardings only
     tokenizer = starting_tokenizer(cfg)
-    reference = checkpoint.restore_latest_params(t.init_from, cfg.model, abstract_state["params"])
+    stops = stop_ids(tokenizer)
+    reference = checkpoint.restore_latest_params(t.init_from, cfg.model, model_layout(abstract_state))
     train, heldout = _problems(pt)
-    prompts = [reply_prompt([{"role": "user", "content": p.prompt}], tokenizer.encode) for p in train]
+    prompts = [reply_prompt([{"role": "user", "content": p.prompt}], tokenizer) for p in train]
     n_prompts = batch // pt.group_size
     if progress:
         print(
@@ -162,19 +165,19 @@ def rl_stage(cfg: Config, mesh, progress: bool) -> Stage:
     current: dict = {}  # the sample this and the next steps train on: {'first': its index, 'batch'}
 
     def make_sample(step, state):
-        policy = state["params"]
+        policy = trainer.model_params(state)
         first = step // pt.updates_per_sample  # the sample's index: its problems are a pure function of it
         chosen = np.repeat(step_indices(len(train), n_prompts, t.seed, first), pt.group_size)
         group_prompts = [prompts[i] for i in chosen]
-        replies = sample_replies(cfg, trainer.graphdef, policy, group_prompts, sampling_key(state["rng"]))
+        replies = sample_replies(cfg, trainer.graphdef, policy, group_prompts, stops, sampling_key(state["rng"]))
         rewards = np.array(
             [
-                float(tasks.is_correct(train[i], tokenizer.decode([x for x in r if x not in STOP_IDS])))
+                float(tasks.is_correct(train[i], tokenizer.decode([x for x in r if x not in stops])))
                 for i, r in zip(chosen, replies)
             ],
             np.float32,
         )
-        rows = reply_rows(group_prompts, replies, pt.seq_len)
+        rows = reply_rows(group_prompts, replies, pt.seq_len, tokenizer.pad)
         rows["advantages"] = np.repeat(group_advantages(rewards, pt.group_size)[:, None], pt.seq_len, axis=1)
         rows["rewards"] = np.repeat(rewards[:, None], pt.seq_len, axis=1)
         b = global_rows(rows, np.arange(batch), mesh)
@@ -194,15 +197,14 @@ def rl_stage(cfg: Config, mesh, progress: bool) -> Stage:
             graphdef,
             params,
             cfg.model,
-            tokenizer.encode,
-            tokenizer.decode,
-            [reply_prompt([{"role": "user", "content": p.prompt}], tokenizer.encode) for p in problems],
+            tokenizer,
+            [reply_prompt([{"role": "user", "content": p.prompt}], tokenizer) for p in problems],
             SamplingConfig(max_new_tokens=tasks.REPLY_TOKENS, temperature=0.0),
-            STOP_IDS,
+            stops,
         )
         return {"pass@1": float(np.mean([tasks.is_correct(p, r) for p, r in zip(problems, replies)]))}
 
-    heldout_answers, _ = conversation_rows(tasks.records(heldout, "conversations"), tokenizer.encode, pt.seq_len)
+    heldout_answers, _ = conversation_rows(tasks.records(heldout, "conversations"), tokenizer, pt.seq_len)
     keys = ("inputs", "targets", "loss_mask", "old_logprobs", "advantages", "rewards")
     keys += ("ref_logprobs",) if pt.kl_coef else ()
     shapes = {

@@ -60,8 +60,8 @@ def sft_stage(cfg: Config, mesh, progress: bool) -> Stage:
     tokenizer = starting_tokenizer(cfg)
     train, heldout = chat_data.load(pt.conversations, "conversations", pt.val_fraction)
     chat_data.check_split(train, heldout, "posttrain.conversations")
-    train_rows, dropped = conversation_rows(train, tokenizer.encode, pt.seq_len)
-    heldout_rows, _ = conversation_rows(heldout, tokenizer.encode, pt.seq_len)
+    train_rows, dropped = conversation_rows(train, tokenizer, pt.seq_len)
+    heldout_rows, _ = conversation_rows(heldout, tokenizer, pt.seq_len)
     if progress:
         print(
             f"[sft] {len(train_rows['inputs'])} train conversations ({dropped} longer than posttrain.seq_len="

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import logging
 import pathlib
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxllm import kernels
 from jaxllm import tokenizer as tok
 from jaxllm.config import Config, ConfigError, ModelConfig, config_from_dict, diff, replace
 from jaxllm.model.transformer import abstract_model
+from jaxllm.train import lora
 
 # Orbax warns "Given directory is read only" for every read-only manager, which generate, chat, evaluate and export
 # open on purpose: the line would head each command's output.
@@ -81,9 +85,8 @@ def restore_state(mngr: ocp.CheckpointManager, step: int, abstract_state) -> dic
         raise _unreadable(mngr, step, e) from None
 
 
-def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params) -> dict:
-    """Only the parameters (no optimizer state): for generation, evaluation, export and fine-tuning."""
-    target = {"params": abstract_params}
+def _restore_items(mngr: ocp.CheckpointManager, step: int, target: dict) -> dict:
+    """The state's items that target names (ShapeDtypeStructs carrying shardings), nothing else."""
     try:
         restored = mngr.restore(
             step,
@@ -99,25 +102,46 @@ def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params) -> d
         )
     except Exception as e:
         raise _unreadable(mngr, step, e) from None
-    return restored["state"]["params"]
+    return restored["state"]
+
+
+def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params, saved: Config) -> dict:
+    """The model's parameters only (no optimizer state), onto abstract_params' shardings: for generation,
+    evaluation, export and fine-tuning. A LoRA run's (saved: its config) are its frozen base with the adapters
+    merged, so that every reader of a run gets the model it trained."""
+    pt = saved.posttrain
+    if not pt.lora_rank:
+        return _restore_items(mngr, step, {"params": abstract_params})["params"]
+    layout = jax.tree.leaves(abstract_params)[0].sharding
+    small = NamedSharding(layout.mesh, P()) if isinstance(layout, NamedSharding) else layout  # adapters: replicated
+    adapters = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=small),
+        lora.adapter_shapes(abstract_params, pt.lora_targets, pt.lora_rank),
+    )
+    restored = _restore_items(mngr, step, {"params": adapters, "frozen": abstract_params})
+    merge = jax.jit(
+        functools.partial(lora.merge, scale=pt.lora_alpha / pt.lora_rank),
+        out_shardings=jax.tree.map(lambda s: s.sharding, abstract_params),
+    )
+    return merge(restored["frozen"], restored["params"])
 
 
 def restore_latest_params(run_dir: pathlib.Path, model: ModelConfig, abstract_params) -> dict:
-    """The parameters of run_dir's latest checkpoint onto abstract_params' shardings (train.init_from=RUN_DIR);
-    refuses a checkpoint of another model shape, naming the fields that differ."""
+    """The parameters of run_dir's latest checkpoint onto abstract_params' shardings (train.init_from=RUN_DIR;
+    a LoRA run's merged); refuses a checkpoint of another model shape, naming the fields that differ."""
     run_dir = pathlib.Path(run_dir)
     mngr = manager(run_dir, read_only=True) if (run_dir / "checkpoints").is_dir() else None
     step = mngr.latest_step() if mngr else None
     if step is None:
         raise ConfigError(f"train.init_from={run_dir} holds no checkpoint: train that run first or fix the path")
-    saved = config_from_dict(read_meta(mngr, step)["config"]).model
-    differing = [k for k in diff(saved, model, "model.") if not _resumable(k)]
+    saved = config_from_dict(read_meta(mngr, step)["config"])
+    differing = [k for k in diff(saved.model, model, "model.") if not _resumable(k)]
     if differing:
         raise ConfigError(
             f"train.init_from={run_dir} holds a different model ({', '.join(differing)} differ); "
             "use the same --model.* settings"
         )
-    params = restore_params(mngr, step, abstract_params)
+    params = restore_params(mngr, step, abstract_params, saved)
     mngr.close()
     return params
 
@@ -205,6 +229,6 @@ def load_run(run_dir: pathlib.Path, step: int | None = None) -> LoadedRun:
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(device)),
         nnx.to_pure_dict(abstract_params),
     )
-    params = restore_params(mngr, step, target)
+    params = restore_params(mngr, step, target, saved)
     mngr.close()
     return LoadedRun(cfg, graphdef, params, tokenizer_from_meta(meta, run_dir), step, choice, saved)

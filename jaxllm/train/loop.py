@@ -34,7 +34,7 @@ from jaxllm.model.accounting import flops_per_token, param_count
 from jaxllm.plots import plot_loss
 from jaxllm.scaling.budget import CHECKPOINT_S, find_law, steps_that_fit
 from jaxllm.scaling.budget import apply as apply_plan
-from jaxllm.train import budget, checkpoint, optim, plan_report
+from jaxllm.train import budget, checkpoint, lora, optim, plan_report
 from jaxllm.train import step as step_lib
 from jaxllm.train.evaluation import evaluate
 from jaxllm.train.metrics import MetricsLog, Progress, clock_from
@@ -105,6 +105,8 @@ def run(
     if stage.summary:
         say(stage.summary)
     trainer, abstract_state = step_lib.make_trainer(run_cfg, mesh, stage.loss_fn or step_lib.mean_loss)
+    if cfg.posttrain.lora_rank:
+        say(lora.summary(abstract_state["params"], abstract_state["frozen"], cfg.posttrain))
     train_step = _compile(trainer, abstract_state, stage, mesh, say)
     if cfg.train.compile_only:
         return {"step": 0, "params": _n_params(abstract_state)}
@@ -137,7 +139,7 @@ def run(
         checkpoint.save(mngr, end, state, cfg, stage.tokenizer, extra={"final": final})
         mngr.wait_until_finished()
         mngr.close()
-        sample = stage.sample(trainer.graphdef, state["params"])
+        sample = stage.sample(trainer.graphdef, trainer.model_params(state))
     return _finish(run_dir, final, sample, say, plan)
 
 
@@ -200,9 +202,11 @@ def _restore_or_init(cfg: Config, trainer, abstract_state: dict, mngr, latest: i
         return checkpoint.restore_state(mngr, latest, abstract_state)
     params = None  # fine-tuning starts from given parameters, with a fresh optimizer
     if cfg.train.init_from.startswith("hf:"):
-        params = jax.device_put(init_params(cfg.train.init_from, cfg.model), trainer.state_shardings["params"])
+        params = jax.device_put(
+            init_params(cfg.train.init_from, cfg.model), step_lib.model_layout(trainer.state_shardings)
+        )
     elif cfg.train.init_from:
-        params = checkpoint.restore_latest_params(cfg.train.init_from, cfg.model, abstract_state["params"])
+        params = checkpoint.restore_latest_params(cfg.train.init_from, cfg.model, step_lib.model_layout(abstract_state))
     if cfg.train.init_from:
         say(f"parameters from {cfg.train.init_from}")
     return step_lib.init_state(cfg, trainer, params)
@@ -246,8 +250,9 @@ def _train(
     progress = Progress(end, stage.tokens_per_step, at_peak, log, say, t.log_every, clock)
 
     def run_eval(s):
-        result = evaluate(eval_step, state["params"], stage.eval_batches, token_bytes)
-        extra = stage.eval_extra(trainer.graphdef, state["params"]) if stage.eval_extra else {}
+        params = trainer.model_params(state)
+        result = evaluate(eval_step, params, stage.eval_batches, token_bytes)
+        extra = stage.eval_extra(trainer.graphdef, params) if stage.eval_extra else {}
         result.update(extra)
         log.write({"step": s, "val_loss": result["val_loss"], "val_bpb": result["val_bpb"], **extra, "time_s": clock()})
         say(
@@ -301,14 +306,14 @@ def _finish(run_dir: pathlib.Path, final: dict, sample: str, say, plan: dict | N
 
 
 def _n_params(abstract_state: dict) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(abstract_state["params"])))
+    return int(sum(x.size for x in jax.tree.leaves(step_lib.model_layout(abstract_state))))
 
 
 def _memory_plan(abstract_state: dict, compiled) -> str:
     """Per-device bytes: parameters and optimizer state from their shardings, temporaries from the compiled step's
     memory analysis (absent on backends that do not report one)."""
     mib = 2**20
-    params = sharding.bytes_per_device(abstract_state["params"])
+    params = sharding.bytes_per_device([abstract_state["params"], abstract_state.get("frozen")])  # LoRA: + base
     opt = sharding.bytes_per_device(abstract_state["opt_state"])
     analysis = compiled.memory_analysis()
     temps = f"{analysis.temp_size_in_bytes / mib:.1f} MiB" if analysis is not None else "not reported"

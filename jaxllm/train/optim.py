@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxllm.config import OptimConfig
+from jaxllm.model.transformer import PROJECTIONS
 
 NO_DECAY_NAMES = ("embed", "pos_embed")  # top-level parameter names that are embeddings
 
@@ -75,19 +76,15 @@ def decay_mask(params: dict) -> dict:
     return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 
-# Input axes of each stacked block matrix, after its leading 'layers' axis: the axes `model.dense` contracts.
-# The remaining axes are the output; Muon orthogonalises the (inputs, outputs) matrix of each layer separately.
-MUON_INPUT_AXES = {"q": 1, "k": 1, "v": 1, "o": 2, "up": 1, "gate": 1, "down": 1}
-
-
 def muon_dims(params: dict) -> dict:
-    """MuonDimensionNumbers for the block matrices, None (AdamW) for every other parameter."""
+    """MuonDimensionNumbers for the block matrices (PROJECTIONS: each layer's (inputs, outputs) matrix is
+    orthogonalised separately), None (AdamW) for every other parameter."""
 
     def dims(path, leaf):
         keys = [getattr(p, "key", None) for p in path]
-        n_in = MUON_INPUT_AXES.get(keys[-1]) if keys[0] == "blocks" else None
-        if n_in is None:
+        if keys[0] != "blocks" or keys[-1] not in PROJECTIONS:
             return None
+        n_in = PROJECTIONS[keys[-1]][1]
         return optax.contrib.MuonDimensionNumbers(
             reduction_axis=tuple(range(1, 1 + n_in)), output_axis=tuple(range(1 + n_in, leaf.ndim))
         )

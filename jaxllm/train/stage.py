@@ -63,8 +63,7 @@ def pretraining(cfg: Config, mesh, progress: bool) -> Stage:
                 graphdef,
                 params,
                 cfg.model,
-                tokenizer.encode,
-                tokenizer.decode,
+                tokenizer,
                 [cfg.train.sample_prompt],
                 SamplingConfig(max_new_tokens=cfg.train.sample_tokens, temperature=0.8, seed=cfg.train.seed),
             )[0]
