@@ -237,8 +237,11 @@ def test_time_budget_measures_plans_and_steers_to_its_deadline(tiny_corpus, tmp_
     assert (tmp_path / "run" / "checkpoints" / str(result["steps"])).is_dir()
     ends = [r["end"] for r in records if "end" in r]  # the end each progress line knew: planned, then steered
     assert ends[0] == plan["steps"] and ends[-1] == result["steps"]
-    last = [r for r in records if "lr" in r][-1]
-    assert last["step"] == result["steps"] and last["lr"] < 0.15 * cfg.optim.lr  # the floor is a tenth of the peak
+    # the rate decays without a jump at any steering, towards its floor (a tenth of the peak) at the end; how near
+    # the last logged step comes to the floor depends on how few steps this machine fitted after the last steering
+    decaying = [r["lr"] for r in records if "lr" in r and r["step"] > cfg.optim.warmup_steps]
+    assert decaying == sorted(decaying, reverse=True) and decaying[-1] < 0.3 * cfg.optim.lr
+    assert [r for r in records if "lr" in r][-1]["step"] == result["steps"]
 
 
 def test_held_out_documents_split_at_bos_and_compressors_count_every_byte():
