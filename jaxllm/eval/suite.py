@@ -26,11 +26,11 @@ import numpy as np
 from jaxllm.config import ConfigError, config_from_dict
 from jaxllm.data.prepare import prepare
 from jaxllm.eval import verifiable
-from jaxllm.inference.generate import SamplingConfig, complete
 from jaxllm.model.scoring import sequence_logprobs, summed_logprobs
 from jaxllm.plots import plt, save_figure
 from jaxllm.posttrain import chat_data, tasks
-from jaxllm.posttrain.chat_template import reply_prompt, stop_ids
+from jaxllm.posttrain.chat_template import reply_prompt
+from jaxllm.posttrain.common import user_replies
 from jaxllm.posttrain.dpo import pair_rows, preference_metrics
 from jaxllm.train import checkpoint
 from jaxllm.train.checkpoint import load_run
@@ -122,16 +122,7 @@ def multiple_choice(run, items: list[dict]) -> dict:
 
 def replies(run, questions: list[str], max_new_tokens: int, temperature: float = 0.0) -> list[str]:
     """Each question's reply as one user turn: greedy, or sampled (every row its own draw, seed 0)."""
-    prompts = [reply_prompt([{"role": "user", "content": q}], run.tokenizer) for q in questions]
-    return complete(
-        run.graphdef,
-        run.params,
-        run.cfg.model,
-        run.tokenizer,
-        prompts,
-        SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature),
-        stop_ids(run.tokenizer),
-    )
+    return user_replies(run.graphdef, run.params, run.cfg.model, run.tokenizer, questions, max_new_tokens, temperature)
 
 
 def _unencodable(tokenizer, items: list[dict], questions: list[str]) -> str:

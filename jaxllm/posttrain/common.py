@@ -90,19 +90,27 @@ def fixed_batches(rows: dict[str, np.ndarray], batch: int, n_batches: int, mesh)
     return [global_rows(padded, np.arange(i, i + batch), mesh) for i in range(0, len(padded["inputs"]), batch)]
 
 
+def user_replies(
+    graphdef, params: dict, model_cfg, tokenizer: Tokenizer, questions: list[str], max_new_tokens: int, temperature=0.0
+) -> list[str]:
+    """Each question's reply as one user turn of the chat template, up to its stop: greedy, or sampled (every row
+    its own draw, seed 0). DPO's own mistakes, RL's held-out pass@1, evaluate and a stage's sample all ask this."""
+    return complete(
+        graphdef,
+        params,
+        model_cfg,
+        tokenizer,
+        [reply_prompt([{"role": "user", "content": q}], tokenizer) for q in questions],
+        SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature),
+        stop_ids(tokenizer),
+    )
+
+
 def chat_sample(cfg: Config, tokenizer: Tokenizer, question: str) -> Callable:
     """(graphdef, params) -> 'user: question / assistant: greedy reply', the sample shown at a stage's end."""
 
     def sample(graphdef, params):
-        reply = complete(
-            graphdef,
-            params,
-            cfg.model,
-            tokenizer,
-            [reply_prompt([{"role": "user", "content": question}], tokenizer)],
-            SamplingConfig(max_new_tokens=cfg.train.sample_tokens, temperature=0.0),
-            stop_ids(tokenizer),
-        )[0]
+        reply = user_replies(graphdef, params, cfg.model, tokenizer, [question], cfg.train.sample_tokens)[0]
         return f"user: {question}\nassistant: {reply}"
 
     return sample

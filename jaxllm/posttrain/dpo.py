@@ -19,10 +19,9 @@ import numpy as np
 
 from jaxllm import sharding
 from jaxllm.config import Config, ConfigError
-from jaxllm.inference.generate import SamplingConfig, complete
 from jaxllm.model.scoring import sequence_logprobs, token_logprobs
 from jaxllm.posttrain import chat_data, tasks
-from jaxllm.posttrain.chat_template import render, reply_prompt, stop_ids, training_row
+from jaxllm.posttrain.chat_template import render, training_row
 from jaxllm.posttrain.common import (
     chat_sample,
     conversation_rows,
@@ -30,6 +29,7 @@ from jaxllm.posttrain.common import (
     global_rows,
     starting_tokenizer,
     step_indices,
+    user_replies,
 )
 from jaxllm.tokenizer import Tokenizer
 from jaxllm.train import checkpoint
@@ -131,19 +131,11 @@ OWN_MISTAKES_BATCH = 256  # prompts generated at once
 def own_mistakes(cfg: Config, graphdef, params: dict, tokenizer, problems: list[tasks.Problem]) -> list[dict]:
     """Preference pairs of each problem's answer against the model's own greedy reply, where its checker rejects
     the reply: the errors the model makes, rather than near misses it may never produce."""
-    prompts = [reply_prompt([{"role": "user", "content": p.prompt}], tokenizer) for p in problems]
-    sampling = SamplingConfig(max_new_tokens=tasks.REPLY_TOKENS, temperature=0.0)
+    questions = [p.prompt for p in problems]
     replies = []
-    for i in range(0, len(prompts), OWN_MISTAKES_BATCH):
-        replies += complete(
-            graphdef,
-            params,
-            cfg.model,
-            tokenizer,
-            prompts[i : i + OWN_MISTAKES_BATCH],
-            sampling,
-            stop_ids(tokenizer),
-        )
+    for i in range(0, len(questions), OWN_MISTAKES_BATCH):
+        batch = questions[i : i + OWN_MISTAKES_BATCH]
+        replies += user_replies(graphdef, params, cfg.model, tokenizer, batch, tasks.REPLY_TOKENS)
     return [
         {"prompt": p.prompt, "chosen": p.answer, "rejected": r.strip()}
         for p, r in zip(problems, replies)

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxllm import sharding
 from jaxllm.config import Config, ConfigError
-from jaxllm.inference.generate import SamplingConfig, complete, generate_tokens
+from jaxllm.inference.generate import SamplingConfig, generate_tokens
 from jaxllm.model.scoring import token_logprobs
 from jaxllm.posttrain import tasks
 from jaxllm.posttrain.chat_template import reply_prompt, stop_ids
@@ -40,6 +40,7 @@ from jaxllm.posttrain.common import (
     global_rows,
     starting_tokenizer,
     step_indices,
+    user_replies,
 )
 from jaxllm.train import checkpoint
 from jaxllm.train.stage import Stage
@@ -193,15 +194,7 @@ def rl_stage(cfg: Config, mesh, progress: bool) -> Stage:
 
     def heldout_pass(graphdef, params) -> dict:
         problems = heldout[:: max(1, len(heldout) // EVAL_PROBLEMS)][:EVAL_PROBLEMS]
-        replies = complete(
-            graphdef,
-            params,
-            cfg.model,
-            tokenizer,
-            [reply_prompt([{"role": "user", "content": p.prompt}], tokenizer) for p in problems],
-            SamplingConfig(max_new_tokens=tasks.REPLY_TOKENS, temperature=0.0),
-            stops,
-        )
+        replies = user_replies(graphdef, params, cfg.model, tokenizer, [p.prompt for p in problems], tasks.REPLY_TOKENS)
         return {"pass@1": float(np.mean([tasks.is_correct(p, r) for p, r in zip(problems, replies)]))}
 
     heldout_answers, _ = conversation_rows(tasks.records(heldout, "conversations"), tokenizer, pt.seq_len)
