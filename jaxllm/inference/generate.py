@@ -43,13 +43,28 @@ def sample_logits(logits: jax.Array, key: jax.Array, temperature: float, top_k: 
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     if top_p < 1.0:
-        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-        cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-        # keep the smallest set whose mass reaches top_p: a token stays if the mass before it is below top_p
-        cutoff_index = jnp.sum(cumulative - jax.nn.softmax(sorted_logits, axis=-1) < top_p, axis=-1, keepdims=True)
-        cutoff = jnp.take_along_axis(sorted_logits, cutoff_index - 1, axis=-1)
-        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+        logits = nucleus(logits, top_p)
     return jax.random.categorical(key, logits).astype(jnp.int32)
+
+
+def nucleus(logits: jax.Array, top_p: jax.Array | float) -> jax.Array:
+    """logits (B,V) with every token outside the smallest set whose probability reaches top_p (a number, or (B,1):
+    one per row) set to -inf: a token stays if the mass of the tokens before it is below top_p."""
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    cutoff_index = jnp.sum(jnp.cumsum(probs, axis=-1) - probs < top_p, axis=-1, keepdims=True)
+    cutoff = jnp.take_along_axis(sorted_logits, cutoff_index - 1, axis=-1)
+    return jnp.where(logits < cutoff, -jnp.inf, logits)
+
+
+def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
+    """sample_logits with each row's own settings, as traced values: logits (B,V) float32, keys (B,) typed keys,
+    temperature and top_p (B,) -> token ids (B,); temperature 0 is greedy. The nucleus sort runs only when some
+    row asks for it."""
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+    scaled = jax.lax.cond(jnp.any(top_p < 1.0), lambda x: nucleus(x, top_p[:, None]), lambda x: x, scaled)
+    sampled = jax.vmap(jax.random.categorical)(keys, scaled)
+    return jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(5,))

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from jaxllm.kernels import slots
 from jaxllm.kernels.names import ATTENTION_OUT
 
 Array = jax.Array
@@ -48,9 +49,10 @@ def init_cache(batch: int, length: int, kv_heads: int, head_dim: int, dtype) -> 
 
 
 def cached_attention(q: Array, k: Array, v: Array, positions: Array, cache: dict, index: Array) -> tuple[Array, dict]:
-    """Writes this call's keys and values (B,T,KV,Dh) at slot `index` of the cache, in place, and attends every
-    query (B,T,H,Dh) at `positions` (B,T) to the cached keys whose position is valid (>= 0) and not after its own."""
-    write = lambda full, new: jax.lax.dynamic_update_slice_in_dim(full, new.astype(full.dtype), index, axis=1)
+    """Writes this call's keys and values (B,T,KV,Dh) at slot `index` of the cache (a scalar, or (B,): each row at
+    its own), in place, and attends every query (B,T,H,Dh) at `positions` (B,T) to the cached keys whose position
+    is valid (>= 0) and not after its own."""
+    write = lambda full, new: slots.write(full, new, index, axis=1)
     cache = {"k": write(cache["k"], k), "v": write(cache["v"], v), "pos": write(cache["pos"], positions)}
     key_pos = cache["pos"][:, None, :]  # (B,1,S)
     mask = (key_pos >= 0) & (key_pos <= positions[:, :, None])  # (B,T,S)

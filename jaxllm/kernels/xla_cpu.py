@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from jaxllm.kernels import slots
 from jaxllm.kernels.names import ATTENTION_LSE, ATTENTION_OUT
 
 Array = jax.Array
@@ -195,7 +196,7 @@ def cached_attention(q: Array, k: Array, v: Array, positions: Array, cache: dict
     rows that read the cache as it is stored, so that no step transposes it."""
     b, t, h, dh = q.shape
     kv = k.shape[2]
-    write = lambda full, new, axis: jax.lax.dynamic_update_slice_in_dim(full, new.astype(full.dtype), index, axis)
+    write = lambda full, new, axis: slots.write(full, new, index, axis)
     rows = lambda x, perm: jnp.transpose(x, perm).reshape(-1, *[x.shape[i] for i in perm[2:]])
     cache = {
         "k": write(cache["k"], rows(k, (0, 2, 3, 1)), 2),  # (B*KV,Dh,T) into (B*KV,Dh,S)
