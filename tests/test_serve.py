@@ -274,3 +274,72 @@ def test_a_late_short_request_finishes_before_an_early_long_one_with_unbatched_o
         alone = [int(t[0]) for t in generate_tokens(graphdef, params, cfg, [prompt], sampling, (), jax.random.key(5))]
         assert tokens == alone
     assert len(set(long_tokens)) > 3  # the check compares varied tokens, not one repeated
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium (Debian's chromium and chromium-driver, which .ci/run installs), driven by selenium."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",  # this machine's closed network refuses Chromium's own connections
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService("/usr/bin/chromedriver"))
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.slow
+def test_the_chat_page_streams_a_reply_keeps_history_and_stops(served, browser):
+    from selenium.webdriver.common.by import By  # noqa: PLC0415 (with the browser fixture's importorskip)
+    from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(served.url + "/")
+    wait.until(lambda d: d.find_element(By.ID, "model").get_attribute("value") == "tiny")
+    for field, value in (("temperature", "0"), ("max_tokens", "3")):
+        box = browser.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    replies = lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, "#log .msg.assistant")]
+    idle = lambda d: d.find_element(By.ID, "status").text == "idle"
+
+    history = []
+    for question in ("Hi", "Yo"):  # two turns fit the tiny model's 32-token context
+        browser.find_element(By.ID, "message").send_keys(question)
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda d: len(replies(d)) == len(history) // 2 + 1 and idle(d))  # send() leaves idle at once
+        history.append({"role": "user", "content": question})
+        # the page sent the whole conversation: the same request, whole and greedy, gives the same reply
+        expected = client(served).chat.completions.create(model="tiny", messages=history, temperature=0, max_tokens=3)
+        assert replies(browser)[-1] == expected.choices[0].message.content.strip()
+        history.append({"role": "assistant", "content": expected.choices[0].message.content})
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#log .msg")) == 4
+    assert any(r for r in replies(browser))  # text arrived through the stream
+    browser.find_element(By.ID, "message").send_keys(" ".join(QUESTIONS))  # past the context: the server's error
+    browser.find_element(By.ID, "send").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("error: the prompt is"))
+
+    browser.find_element(By.ID, "reset").click()
+    box = browser.find_element(By.ID, "max_tokens")
+    box.clear()  # the rest of the context
+    browser.find_element(By.ID, "message").send_keys(QUESTIONS[2])
+    browser.find_element(By.ID, "send").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text in ("streaming", "idle"))
+    browser.find_element(By.ID, "stop").click()
+    wait.until(idle)
+    deadline = time.time() + 20
+    while httpx.get(served.url + "/health").json()["busy"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(served.url + "/health").json()["busy"] == 0
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#log .msg")) == 2  # after New chat: the stopped turn only
