@@ -275,8 +275,9 @@ def test_lora_dpo_from_a_lora_sft_run_starts_at_its_merged_model(lora_sft, tiny_
     )
     run(cfg, tiny_lineage["root"] / "lora_dpo", progress=False, make_stage=dpo_stage)
     first = next(r for r in _records(tiny_lineage["root"] / "lora_dpo") if "loss" in r)
-    # policy (merged SFT + fresh adapters) and reference (merged SFT) are one model: every margin is 0
-    assert first["margin"] == 0 and abs(first["loss"] - math.log(2)) < 1e-6
+    # policy (merged SFT + fresh adapters) and reference (merged SFT) are one model: every margin is 0, up to the
+    # rounding of two programs (the policy's merges its weights inside the step, which XLA may fuse differently)
+    assert abs(first["margin"]) < 1e-6 and abs(first["loss"] - math.log(2)) < 1e-6
 
 
 @pytest.mark.slow
