@@ -65,6 +65,8 @@ class Document:
     text: str
     origin: str  # which source it came from, e.g. 'stdlib' or 'file:notes.txt'
     kind: str = "prose"  # 'code' or 'prose': cleaning applies a different profile to each
+    # what is known of it besides its text, as (key, value) pairs: a crawl's url and date, the language found
+    meta: tuple[tuple[str, str | float], ...] = ()
 
 
 @dataclasses.dataclass
