@@ -1,5 +1,6 @@
 """jaxllm.serve: the OpenAI API against the official openai client, continuous batching against unbatched greedy
-generation, and every bad input answered with a 4xx JSON error while the server keeps serving."""
+generation, and every bad input answered with a 4xx JSON error while the server keeps serving. The chat page has its
+own tests in a real browser (tests/test_serve_page.py)."""
 
 from __future__ import annotations
 
@@ -222,6 +223,31 @@ def test_more_concurrent_requests_than_slots_all_finish_with_nothing_compiled(se
     assert not compiled, compiled
 
 
+def test_a_fresh_engine_compiles_nothing_after_warming_up(sft_run, caplog):
+    """Its first request, into empty slots, at a prefill bucket other than the first (a state made at start
+    differs from a step's output only in how it is placed, which a compiled function also keys on)."""
+    engine = Engine(sft_run.graphdef, sft_run.params, sft_run.cfg.model, 2, 4)
+    engine.start()
+    finished = []
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            # the tiny model's buckets: its whole context (32) first, which warming up compiled for a step's output
+            for length in (30, 3):
+                done = threading.Event()
+                request = Request(
+                    [1] * length, 2, lambda token: True, lambda reason: (finished.append(reason), done.set())
+                )
+                engine.submit(request)
+                assert done.wait(60)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        engine.stop()
+    assert finished == ["length"] * 2
+    compiled = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+    assert not compiled, compiled
+
+
 def test_api_key_is_required_when_set(sft_run):
     s = Served(sft_run, slots=1, api_key="sesame")
     try:
@@ -274,72 +300,3 @@ def test_a_late_short_request_finishes_before_an_early_long_one_with_unbatched_o
         alone = [int(t[0]) for t in generate_tokens(graphdef, params, cfg, [prompt], sampling, (), jax.random.key(5))]
         assert tokens == alone
     assert len(set(long_tokens)) > 3  # the check compares varied tokens, not one repeated
-
-
-@pytest.fixture
-def browser(tmp_path):
-    """Headless Chromium (Debian's chromium and chromium-driver, which .ci/run installs), driven by selenium."""
-    webdriver = pytest.importorskip("selenium.webdriver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",  # this machine's closed network refuses Chromium's own connections
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService("/usr/bin/chromedriver"))
-    yield driver
-    driver.quit()
-
-
-@pytest.mark.slow
-def test_the_chat_page_streams_a_reply_keeps_history_and_stops(served, browser):
-    from selenium.webdriver.common.by import By  # noqa: PLC0415 (with the browser fixture's importorskip)
-    from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
-
-    wait = WebDriverWait(browser, 60)
-    browser.get(served.url + "/")
-    wait.until(lambda d: d.find_element(By.ID, "model").get_attribute("value") == "tiny")
-    for field, value in (("temperature", "0"), ("max_tokens", "3")):
-        box = browser.find_element(By.ID, field)
-        box.clear()
-        box.send_keys(value)
-    replies = lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, "#log .msg.assistant")]
-    idle = lambda d: d.find_element(By.ID, "status").text == "idle"
-
-    history = []
-    for question in ("Hi", "Yo"):  # two turns fit the tiny model's 32-token context
-        browser.find_element(By.ID, "message").send_keys(question)
-        browser.find_element(By.ID, "send").click()
-        wait.until(lambda d: len(replies(d)) == len(history) // 2 + 1 and idle(d))  # send() leaves idle at once
-        history.append({"role": "user", "content": question})
-        # the page sent the whole conversation: the same request, whole and greedy, gives the same reply
-        expected = client(served).chat.completions.create(model="tiny", messages=history, temperature=0, max_tokens=3)
-        assert replies(browser)[-1] == expected.choices[0].message.content.strip()
-        history.append({"role": "assistant", "content": expected.choices[0].message.content})
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#log .msg")) == 4
-    assert any(r for r in replies(browser))  # text arrived through the stream
-    browser.find_element(By.ID, "message").send_keys(" ".join(QUESTIONS))  # past the context: the server's error
-    browser.find_element(By.ID, "send").click()
-    wait.until(lambda d: d.find_element(By.ID, "status").text.startswith("error: the prompt is"))
-
-    browser.find_element(By.ID, "reset").click()
-    box = browser.find_element(By.ID, "max_tokens")
-    box.clear()  # the rest of the context
-    browser.find_element(By.ID, "message").send_keys(QUESTIONS[2])
-    browser.find_element(By.ID, "send").click()
-    wait.until(lambda d: d.find_element(By.ID, "status").text in ("streaming", "idle"))
-    browser.find_element(By.ID, "stop").click()
-    wait.until(idle)
-    deadline = time.time() + 20
-    while httpx.get(served.url + "/health").json()["busy"] and time.time() < deadline:
-        time.sleep(0.05)
-    assert httpx.get(served.url + "/health").json()["busy"] == 0
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#log .msg")) == 2  # after New chat: the stopped turn only
