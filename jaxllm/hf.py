@@ -37,21 +37,23 @@ def export(run_dir: pathlib.Path, out: pathlib.Path, step: int | None = None) ->
     # the weights written are whole (a LoRA run's merged), so the config beside them describes a model without adapters
     whole = dataclasses.replace(run.saved, posttrain=dataclasses.replace(run.saved.posttrain, lora_rank=0))
     (out / "jaxllm.json").write_text(whole.to_json())
-    if isinstance(t, tok.HFTokenizer):
-        hf_tokenizer.write_hf_files(t, out)
-    else:
+    if not isinstance(t, tok.HFTokenizer):  # the run's own file, which import reads back
         shutil.copyfile(t.path, out / (hf.CHAR_TOKENIZER_NAME if t.path.suffix == ".json" else "tokenizer.model"))
+    if not isinstance(t, tok.CharTokenizer):  # what transformers' AutoTokenizer reads
+        hf_tokenizer.write_hf_files(t, out)
     return out
 
 
 # the tokenizer files import reads, preferred in this order: a checkpoint that has both tokenizer.json and a
-# sentencepiece tokenizer.model (Llama 2) is read through tokenizer.json, which names its own special ids
+# sentencepiece tokenizer.model (Llama 2) is read through tokenizer.json, which names its own special ids; a jaxllm
+# export (jaxllm.json beside) through its run's own file, of which its tokenizer.json is a copy for transformers
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", hf.CHAR_TOKENIZER_NAME)
 TOKENIZER_KINDS = {"tokenizer.model": "bpe", hf.CHAR_TOKENIZER_NAME: "char"}
 
 
 def _tokenizer_file(hf_dir: pathlib.Path) -> str:
-    found = next((name for name in TOKENIZER_FILES if (hf_dir / name).is_file()), None)
+    preferred = TOKENIZER_FILES[1:] + TOKENIZER_FILES[:1] if (hf_dir / "jaxllm.json").is_file() else TOKENIZER_FILES
+    found = next((name for name in preferred if (hf_dir / name).is_file()), None)
     if found is None:
         raise ConfigError(
             f"--hf_dir={hf_dir} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save the checkpoint's "

@@ -1,4 +1,5 @@
-"""Hugging Face parity: jaxllm -> safetensors -> transformers gives jaxllm's logits, and back (float32, 1e-4).
+"""Hugging Face parity: jaxllm -> safetensors -> transformers gives jaxllm's logits, and back (float32, 1e-4); the
+tokenizer.json exported for jaxllm's sentencepiece BPE encodes and renders chats as jaxllm does in AutoTokenizer.
 
 Needs torch and transformers (requirements-dev.txt; CI installs them); skipped cleanly without them."""
 
@@ -11,9 +12,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxllm import hf as hf_command
+from jaxllm import tokenizer as tok
 from jaxllm.config import ModelConfig
-from jaxllm.interop import hf
+from jaxllm.interop import hf, hf_tokenizer
 from jaxllm.model.transformer import Transformer
+from jaxllm.posttrain.chat_template import render, reply_prompt
+from tests.conftest import CORPUS_FILES, stdlib_root
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -86,3 +91,37 @@ def test_pickled_checkpoints_are_refused(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(hf.ConfigError, match="safetensors only"):
         hf.load_hf(tmp_path)
+
+
+# byte fallback (characters no 512-token vocabulary of Python source holds), runs of spaces, newlines, tabs, digits
+TEXTS = (
+    "def f(x):\n    return x * 42\r\n",
+    "  two leading spaces\n\n\tand a tab\n",
+    "Hello wörld, naïve café: 日本語 😀 ✓",
+    "unseen: Ωμέγα ∑ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "   ",
+)
+
+
+def test_sentencepiece_export_is_the_same_tokenizer_in_transformers(tmp_path):
+    lines = [line for name in CORPUS_FILES for line in (stdlib_root() / name).read_text().splitlines()]
+    t = tok.train_bpe(iter(lines), 512, tmp_path / "tokenizer.model")
+    hf_tokenizer.write_hf_files(t, tmp_path)
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for text in TEXTS:
+        ids = reference(text, add_special_tokens=False)["input_ids"]
+        assert ids == t.encode(text), text
+        assert reference.decode(ids) == t.decode(ids) == text
+    assert any(t.sp.is_byte(i) for i in t.encode(TEXTS[3]))  # the byte fallback was exercised
+    assert [reference.convert_tokens_to_ids(x) for x in tok.CHAT_TOKENS] == [4, 5, 6, 7]
+    assert (reference.bos_token_id, reference.eos_token_id, reference.pad_token_id) == (t.bos, t.eos, t.pad)
+    assert (reference.bos_token, reference.eos_token, reference.pad_token) == ("<bos>", "<eos>", "<pad>")
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Wie viel ist 2 + 3? 😀"}]
+    prompt = reference.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+    assert list(getattr(prompt, "input_ids", prompt)) == reply_prompt(chat, t)
+    whole = chat + [{"role": "assistant", "content": "5.\n"}]
+    rendered = reference.apply_chat_template(whole, tokenize=True)
+    assert list(getattr(rendered, "input_ids", rendered)) == render(whole, t).ids
+    # re-imported, a jaxllm export is read through the run's own sentencepiece model, not the copy for transformers
+    (tmp_path / "jaxllm.json").write_text("{}")
+    assert hf_command._tokenizer_file(tmp_path) == "tokenizer.model"

@@ -2,12 +2,13 @@
 
 The command (`python -m jaxllm.hf export|import`, jaxllm/hf.py) moves whole runs: export writes `config.json` and
 `model.safetensors` that transformers loads into GPT2LMHeadModel or LlamaForCausalLM, the run's tokenizer file
-(sentencepiece `tokenizer.model`, `char_tokenizer.json` for the character kind, renamed so it is not taken for a
-transformers `tokenizer.json`, or an imported checkpoint's `tokenizer.json` with its `tokenizer_config.json`:
-jaxllm.interop.hf_tokenizer), and `jaxllm.json` (the run's whole config, so an import restores data and optimizer
-settings too). Import reads such a directory (or any GPT-2 / Llama safetensors checkpoint, sharded or not, with a
-transformers `tokenizer.json` or a sentencepiece `tokenizer.model`) into a step-0 checkpoint that generate,
-evaluate and train accept; `--init_from=hf:DIR` starts training from it.
+(sentencepiece `tokenizer.model` with a `tokenizer.json` and `tokenizer_config.json` built from it for transformers,
+`char_tokenizer.json` for the character kind, renamed so it is not taken for a transformers `tokenizer.json`, or an
+imported checkpoint's `tokenizer.json` with its `tokenizer_config.json`: jaxllm.interop.hf_tokenizer), and
+`jaxllm.json` (the run's whole config, so an import restores data and optimizer settings too). Import reads such a
+directory (or any GPT-2 / Llama safetensors checkpoint, sharded or not, with a transformers `tokenizer.json` or a
+sentencepiece `tokenizer.model`) into a step-0 checkpoint that generate, evaluate and train accept;
+`--init_from=hf:DIR` starts training from it.
 
 The safetensors format (8-byte header length, JSON header, raw little-endian tensors) is read and written here
 with numpy: the runtime needs neither torch nor transformers.

@@ -8,6 +8,11 @@ names them, else its added tokens of the usual names (GPT-2's <|endoftext|> is b
 defaults to the eos (padding is never trained on nor attended to). Chat: a checkpoint with ChatML tokens keeps them
 (HFTokenizer renders turns as ChatML with them); any other gains jaxllm's four chat tokens as added special tokens,
 at the ids after its vocabulary, and the model gains their rows (jaxllm.interop.hf.add_token_rows).
+
+A run with jaxllm's own sentencepiece BPE exports a tokenizer.json built from its model (sentencepiece_tokenizer):
+the same ids for every text, byte fallback included, and the same special and chat tokens, so transformers loads a
+tokenizer and a chat template for it too. Not for arbitrary sentencepiece models (a dummy prefix or a normaliser
+other than identity): export refuses one whose encodings it cannot reproduce.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import json
 import pathlib
 
 import tokenizers
+from tokenizers import decoders, models, normalizers
 
 from jaxllm.config import ConfigError
-from jaxllm.tokenizer import CHAT_TOKENS, CHATML_TOKENS, HFTokenizer
+from jaxllm.tokenizer import CHAT_TOKENS, CHATML_TOKENS, SPECIALS, BPETokenizer, HFTokenizer, Tokenizer
 
 BOS_NAMES = ("<|begin_of_text|>", "<s>", "<|endoftext|>")
 EOS_NAMES = ("<|end_of_text|>", "</s>", "<|endoftext|>")
@@ -77,15 +83,72 @@ def stored_tokenizer(hf_dir: pathlib.Path, model_rows: int) -> tuple[dict, list[
     return stored, gained, n_tokens
 
 
-def write_hf_files(tokenizer: HFTokenizer, out: pathlib.Path) -> None:
-    """tokenizer.json and a tokenizer_config.json (special tokens, chat template) that AutoTokenizer loads; the
-    generic PreTrainedTokenizerFast class uses tokenizer.json as it is, so it encodes as jaxllm does."""
-    stored = json.loads(tokenizer.path.read_text())
+# texts an exported tokenizer.json must encode as the sentencepiece model does: spaces, runs of them, newlines and
+# tabs (user symbols), digits, typed special tokens (text), and characters outside any small vocabulary (bytes)
+PROBES = (
+    "def f(x):\n    return x * 42\r\n",
+    " leading space,  two spaces\tand a tab\n\n",
+    "Hello wörld, naïve café: 日本語 😀 ✓ Ωμέγα ∑ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+    "<|user|> typed <bos> <0x41> \u2581 is text",
+    "1234567890 + 98765 =",
+)
+
+
+def sentencepiece_tokenizer(tokenizer: BPETokenizer) -> dict:
+    """A stored tokenizer ({'tokenizer': tokenizer.json content, 'bos', 'eos', 'pad'}, as HFTokenizer's file) that
+    encodes as the sentencepiece model does. sentencepiece's BPE merges the adjacent pair whose joined piece scores
+    highest, leftmost first, over the whole text (user symbols, '\\n' and '\\t', never merge); a BPE model whose
+    merges are every split of every piece into two pieces, ranked by the joined piece's score, merges the same way.
+    Spaces become '▁' (no dummy prefix); a character outside the vocabulary falls back to its UTF-8 bytes. The
+    special tokens have jaxllm's names (jaxllm.tokenizer.SPECIALS: the .model file calls <bos> '<s>')."""
+    sp = tokenizer.sp
+    pieces = [SPECIALS[i] if i < len(SPECIALS) else sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    byte_ids = [i for i in range(len(pieces)) if sp.is_byte(i)]
+    if len(byte_ids) != 256:
+        raise ConfigError(f"{tokenizer.path} has no byte fallback: jaxllm exports a tokenizer.json for its own models")
+    # meta pieces (control, unknown, user-defined) precede the bytes; normal pieces follow them
+    normal = {p: i for i, p in enumerate(pieces) if i > byte_ids[-1] and not sp.is_unused(i)}
+    merges = sorted(
+        ((p[:k], p[k:]) for p in normal for k in range(1, len(p)) if p[:k] in normal and p[k:] in normal),
+        key=lambda pair: (-sp.get_score(normal["".join(pair)]), normal["".join(pair)]),
+    )
+    hf = tokenizers.Tokenizer(
+        models.BPE({p: i for i, p in enumerate(pieces)}, merges, unk_token=pieces[sp.unk_id()], byte_fallback=True)
+    )
+    hf.normalizer = normalizers.Replace(" ", "\u2581")
+    hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    meta = [
+        tokenizers.AddedToken(p, special=sp.is_control(i) or sp.is_unknown(i), normalized=False)
+        for i, p in enumerate(pieces[: byte_ids[0]])
+    ]
+    hf.add_tokens([t for t in meta if not t.special])
+    hf.add_special_tokens([t for t in meta if t.special])
+    hf.encode_special_tokens = True  # as HFTokenizer encodes: typed special tokens are text
+    for text in PROBES:
+        if hf.encode(text, add_special_tokens=False).ids != sp.encode(text):
+            raise ConfigError(
+                f"{tokenizer.path}: a tokenizer.json cannot reproduce this sentencepiece model's encoding of {text!r} "
+                "(a dummy prefix or a normaliser other than identity?): jaxllm exports tokenizer.json for the "
+                "models it trains (jaxllm.tokenizer.train_bpe)"
+            )
+    hf.encode_special_tokens = False  # not stored: transformers finds special tokens in its chat template's text
+    names = {k: pieces[i] for k, i in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("pad", sp.pad_id()))}
+    return {"tokenizer": json.loads(hf.to_str())} | names
+
+
+def write_hf_files(tokenizer: Tokenizer, out: pathlib.Path) -> None:
+    """tokenizer.json and a tokenizer_config.json (special tokens, chat template) that AutoTokenizer loads, for an
+    imported tokenizer.json (HFTokenizer) or jaxllm's sentencepiece BPE; the generic PreTrainedTokenizerFast class
+    uses tokenizer.json as it is, so it encodes as jaxllm does."""
+    if isinstance(tokenizer, HFTokenizer):
+        stored, chatml = json.loads(tokenizer.path.read_text()), tokenizer.chatml
+    else:
+        stored, chatml = sentencepiece_tokenizer(tokenizer), False
     (out / "tokenizer.json").write_text(json.dumps(stored["tokenizer"], ensure_ascii=False))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **{f"{k}_token": stored[k] for k in ("bos", "eos", "pad")},
-        "chat_template": CHAT_TEMPLATES[tokenizer.chatml],
+        "chat_template": CHAT_TEMPLATES[chatml],
         "clean_up_tokenization_spaces": False,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
