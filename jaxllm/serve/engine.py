@@ -69,7 +69,7 @@ def _slot_rows(a: jax.Array, slots: int) -> int:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _init_state(cfg: ModelConfig, slots: int) -> dict:
-    """Every slot empty (made by a compiled function, so that it is placed as the steps' own outputs are)."""
+    """Every slot empty (uncommitted arrays: Engine._empty_state commits them where the steps' outputs live)."""
     return {
         "cache": init_cache(cfg, slots, cfg.block_size),
         "token": jnp.zeros(slots, jnp.int32),
@@ -129,13 +129,19 @@ class Engine:
         self.slots, self.max_queue = slots, max_queue
         self.buckets = prefill_buckets(cfg.block_size)
         self.weights = jit_decode_weights(params, cfg, slots)
-        self._state = _init_state(cfg, slots)
+        self._state = self._empty_state()
         self._running: list[Request | None] = [None] * slots
         self._queue: collections.deque[Request] = collections.deque()
         self._cv = threading.Condition()
         self._stopping = False
         self._ready, self._failed = threading.Event(), None
         self._thread = threading.Thread(target=self._run, name="jaxllm-engine", daemon=True)
+
+    def _empty_state(self) -> dict:
+        """Every slot empty, committed to the parameters' device as every step's output is: a step compiled for
+        committed arguments would compile again for uncommitted ones."""
+        device = next(iter(jax.tree.leaves(self.params)[0].devices()))
+        return jax.device_put(_init_state(self.cfg, self.slots), device)
 
     def _run(self) -> None:
         try:
@@ -154,7 +160,7 @@ class Engine:
             self._prefill_slot(0, Request([0] * min(bucket, self.cfg.block_size - 1), 1, bool, bool))
         self._state, token = _decode(self.graphdef, self.params, self.weights, self._state)
         token.block_until_ready()
-        self._state = _init_state(self.cfg, self.slots)
+        self._state = self._empty_state()
 
     def start(self) -> None:
         """Compiles every shape, on the engine's thread, and starts serving there; returns once it serves."""
@@ -272,7 +278,7 @@ class Engine:
                 with self._cv:
                     failed = [r for r in self._running if r is not None]
                     self._running = [None] * self.slots
-                self._state = _init_state(self.cfg, self.slots)
+                self._state = self._empty_state()
                 for request in failed:
                     request.on_finish("error")
         with self._cv:
