@@ -1,24 +1,29 @@
-"""Each cleaning rule on hand-made documents just inside and just outside its published threshold."""
+"""Each cleaning rule on hand-made documents just inside and just outside its published threshold, and the prose
+rules on a corpus of clean English prose (the standard library's long docstrings)."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 
 import pytest
 
 from jaxllm.config.clean import (
     C4Config,
+    CleanConfig,
     CodeConfig,
     FineWebConfig,
     GopherQualityConfig,
     GopherRepetitionConfig,
     NormalizeConfig,
 )
-from jaxllm.data.clean import normalize
+from jaxllm.data.clean import Cleaner, normalize
 from jaxllm.data.filters_code import code_profile
 from jaxllm.data.filters_prose import c4, fineweb, gopher_quality, gopher_repetition, split_words
+from jaxllm.data.sources import Document, stdlib_root
 
-# 10 distinct words, mean length 4.6, two stop words: passes every Gopher quality rule once repeated to 50 words.
+# 10 distinct words of 43 letters (mean 4.3), two of them stop words: passes every Gopher quality rule once repeated
+# to 50 words.
 WORDS = "the cat sat with many other small animals near trees".split()
 
 
@@ -28,6 +33,12 @@ def words(n: int, vocab=WORDS) -> str:
 
 def unique_words(n: int) -> list[str]:
     return [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}x" for i in range(n)]  # 'waax', 'wabx', ... 4 letters
+
+
+def only(cfg, keep: str):
+    """cfg with every threshold but `keep` at 0 (disabled), so one rule is tested at a time."""
+    fields = [f.name for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), float) and f.name != keep]
+    return dataclasses.replace(cfg, **{name: 0.0 for name in fields})
 
 
 def test_normalize_unicode_and_control_characters():
@@ -42,81 +53,116 @@ def test_split_words_keeps_punctuation_runs_and_inner_apostrophes():
 
 
 class TestGopherQuality:
+    """Gopher's words are tokens with a letter or digit: punctuation tokens count in no rule."""
+
     cfg = GopherQualityConfig()
 
     def test_word_count_bounds(self):
         assert gopher_quality(words(50), self.cfg) is None
         assert gopher_quality(words(49), self.cfg) == "too_few_words"
-        assert gopher_quality(words(60), dataclasses.replace(self.cfg, max_doc_words=59)) == "too_many_words"
+        assert gopher_quality(", ".join(["the cat"] * 24) + " sat, .", self.cfg) == "too_few_words"  # 49 words
+        cfg = dataclasses.replace(self.cfg, max_doc_words=59)
+        assert gopher_quality(words(59), cfg) is None
+        assert gopher_quality(words(60), cfg) == "too_many_words"
 
     def test_mean_word_length(self):
-        short = " ".join(["the", "an", "to"] * 20)  # mean 2.33
-        assert gopher_quality(short, self.cfg) == "short_mean_word"
-        long_vocab = ["the", "and"] + ["extraordinarily"] * 8  # mean (3+3+8*15)/10 = 12.6
-        assert gopher_quality(words(60, long_vocab), self.cfg) == "long_mean_word"
+        assert gopher_quality(" ".join(["the", "cat"] * 25), self.cfg) is None  # mean 3.0: not below 3
+        assert gopher_quality(" ".join(["the", "cat"] * 24 + ["the", "an"]), self.cfg) == "short_mean_word"  # 2.98
+        # 'the', 'and' and 48 words of 10 letters, k of them with an 11th: mean (486 + k) / 50
+        ten, eleven = "abcdefghij", "abcdefghijk"
+        assert gopher_quality(" ".join(["the", "and"] + [eleven] * 14 + [ten] * 34), self.cfg) is None  # 10.0
+        assert gopher_quality(" ".join(["the", "and"] + [eleven] * 15 + [ten] * 33), self.cfg) == "long_mean_word"
 
-    def test_hash_and_ellipsis_ratios(self):
-        base = words(59)  # 59 words + '.' = 60 tokens
-        assert gopher_quality(base + " #" * 6, self.cfg) is None  # 6 / 66 tokens
-        assert gopher_quality(base + " #" * 8, self.cfg) == "hash_ratio"  # 8 / 68 > 0.1
-        assert gopher_quality(base + " …" * 8, self.cfg) == "ellipsis_ratio"
+    def test_hash_and_ellipsis_per_word(self):
+        base = words(60)  # 60 words; the '#' and '…' tokens are no words
+        assert gopher_quality("# " * 6 + base, self.cfg) is None  # 6 / 60 = 0.1
+        assert gopher_quality("# " * 7 + base, self.cfg) == "hash_ratio"  # 7 / 60
+        assert gopher_quality("… " * 6 + base, self.cfg) is None
+        assert gopher_quality("... " * 7 + base, self.cfg) == "ellipsis_ratio"
 
-    def test_bullet_and_ellipsis_lines(self):
+    def test_bullet_lines(self):
         lines = [f"- {words(12)}" for _ in range(9)] + [words(12)]
         assert gopher_quality("\n".join(lines), self.cfg) is None  # 9 of 10 bullet lines: not above 0.9
-        lines = [f"• {words(12)}" for _ in range(10)]
+        lines = [f"• {words(12)}" for _ in range(9)] + [f"- {words(12)}"]
         assert gopher_quality("\n".join(lines), self.cfg) == "bullet_lines"
-        lines = [words(8)[:-1] + "..." for _ in range(2)] + [words(8)] * 5  # 2 of 7 lines: 0.29
-        assert gopher_quality("\n".join(lines), dataclasses.replace(self.cfg, max_symbol_word_ratio=0)) is None
-        lines = [words(8)[:-1] + "..." for _ in range(3)] + [words(8)] * 5  # 3 of 8: 0.375
-        assert (
-            gopher_quality("\n".join(lines), dataclasses.replace(self.cfg, max_symbol_word_ratio=0)) == "ellipsis_lines"
-        )
 
-    def test_alphabetic_words_and_stop_words(self):
-        numbers = [str(1000 + i) for i in range(14)]  # words without letters
-        # 59 words with letters of 60 tokens, plus 13 or 14 numbers: 59/73 = 0.808, 59/74 = 0.797
-        assert gopher_quality(words(59) + " " + " ".join(numbers[:13]), self.cfg) is None
-        assert gopher_quality(words(59) + " " + " ".join(numbers), self.cfg) == "few_alpha_words"
+    def test_ellipsis_lines(self):
+        lines = [words(8)[:-1] + "..." for _ in range(3)] + [words(8)] * 7  # 3 of 10 lines: 0.3
+        assert gopher_quality("\n".join(lines), self.cfg) is None
+        lines = [words(8)[:-1] + "…" for _ in range(4)] + [words(8)] * 6  # 4 of 10
+        assert gopher_quality("\n".join(lines), self.cfg) == "ellipsis_lines"
+
+    def test_alphabetic_words(self):
+        numbers = [str(1000 + i) for i in range(16)]  # words without letters
+        assert gopher_quality(words(60) + " " + " ".join(numbers[:15]), self.cfg) is None  # 60 / 75 = 0.8
+        assert gopher_quality(words(60) + " " + " ".join(numbers), self.cfg) == "few_alpha_words"  # 60 / 76
+        # punctuation is no word: 60 words among 90 punctuation tokens score 1.0 (0.4 with the tokens as words)
+        punctuated = " ".join(f"'{w}';" if i % 2 else f"{w}," for i, w in enumerate(words(60)[:-1].split()))
+        assert gopher_quality(punctuated, self.cfg) is None
+
+    def test_stop_words(self):
         no_stop = ["quick", "brown", "foxes", "jumped", "over", "lazy", "dogs", "quietly"]
-        assert gopher_quality(words(60, no_stop), self.cfg) == "few_stop_words"
-        assert gopher_quality(words(60, no_stop) + " The end and", self.cfg) is None
+        assert gopher_quality(words(60, no_stop) + " and", self.cfg) == "few_stop_words"  # one
+        assert gopher_quality(words(60, no_stop) + " The end and", self.cfg) is None  # 'The' counts
 
 
 class TestGopherRepetition:
     cfg = GopherRepetitionConfig()
+    blocks = [" ".join(unique_words(300)[i * 30 : (i + 1) * 30]) for i in range(10)]  # 149 characters each
 
     def test_clean_text_passes(self):
         assert gopher_repetition(" ".join(unique_words(200)), self.cfg) is None
 
-    def test_duplicate_paragraphs_and_lines(self):
-        blocks = [" ".join(unique_words(300)[i * 30 : (i + 1) * 30]) for i in range(10)]  # 149 characters each
-        assert gopher_repetition("\n\n".join(blocks[:9] + blocks[:1]), self.cfg) is None  # 1 of 10 repeated
-        assert gopher_repetition("\n\n".join(blocks[:6] + blocks[:4]), self.cfg) == "dup_para_frac"  # 4 of 10
-        # 3 of 11 paragraphs (0.27) but 447 of 1659 characters (0.27 > 0.2)
-        assert gopher_repetition("\n\n".join(blocks[:8] + blocks[:3]), self.cfg) == "dup_para_char_frac"
-        assert gopher_repetition("\n".join(blocks[:6] + blocks[:4]), self.cfg) == "dup_line_frac"
-        assert gopher_repetition("\n".join(blocks[:8] + blocks[:3]), self.cfg) == "dup_line_char_frac"
+    @pytest.mark.parametrize("sep, kind", [("\n\n", "para"), ("\n", "line")])
+    def test_duplicate_paragraphs_and_lines(self, sep, kind):
+        cfg = only(self.cfg, f"dup_{kind}_frac")
+        assert gopher_repetition(sep.join(self.blocks[:7] + self.blocks[:3]), cfg) is None  # 3 of 10: 0.3
+        assert gopher_repetition(sep.join(self.blocks[:6] + self.blocks[:4]), cfg) == f"dup_{kind}_frac"  # 0.4
+        cfg = only(self.cfg, f"dup_{kind}_char_frac")
+        # 2 of 11 blocks repeated: 298 of 11 * 149 characters and 10 separators (0.180 with '\n\n', 0.181 with '\n')
+        assert gopher_repetition(sep.join(self.blocks[:9] + self.blocks[:2]), cfg) is None
+        # 3 of 12: 447 of 1788 characters and 11 separators (0.247 or 0.248)
+        assert gopher_repetition(sep.join(self.blocks[:9] + self.blocks[:3]), cfg) == f"dup_{kind}_char_frac"
 
-    def test_top_ngram(self):
+    # 10 copies of one n-gram, each followed by a new word, then `filler` new words; all words 4 letters, so the
+    # top n-gram holds 10 * (5n - 1) of 5 * (10 * (n + 1) + filler) - 1 characters
+    @pytest.mark.parametrize(
+        "n, filler_dropped",
+        [(2, 60), (3, 115), (4, 187)],  # 0.2004 vs 0.1982; 0.1809 vs 0.1797; 0.1605 vs 0.1598
+    )
+    def test_top_ngram(self, n, filler_dropped):
+        cfg = only(self.cfg, f"top_{n}gram_char_frac")
         vocab = unique_words(400)
-        # the bigram 'waax wabx' before each of 30 other words: 30 * 9 of 449 characters
-        assert gopher_repetition(" ".join(f"waax wabx {w}" for w in vocab[2:32]), self.cfg) == "top_2gram"
-        # before every 30th of 300 words: 10 * 9 of 1599 characters
-        text = " ".join(("waax wabx " if i % 30 == 0 else "") + w for i, w in enumerate(vocab[2:302]))
-        assert gopher_repetition(text, self.cfg) is None
+        gram, others = vocab[:n], vocab[n:]
 
-    def test_duplicated_ngrams(self):
+        def text(filler: int) -> str:
+            return " ".join([w for i in range(10) for w in gram + [others[i]]] + others[10 : 10 + filler])
+
+        assert gopher_repetition(text(filler_dropped), cfg) == f"top_{n}gram"
+        assert gopher_repetition(text(filler_dropped + 1), cfg) is None
+
+    # a passage of 2n new words written twice after `filler` new words: its second copy is two n-grams seen
+    # before, 8n letters (datatrove counts no spaces inside them) of 5 * (filler + 4n) - 1 characters
+    @pytest.mark.parametrize(
+        "n, filler_dropped",
+        # 0.1515 vs 0.1487, 0.1416 vs 0.1395, 0.1305 vs 0.1290, 0.1210 vs 0.1199, 0.1101 vs 0.1093, 0.1001 vs 0.0995
+        [(5, 33), (6, 44), (7, 58), (8, 74), (9, 95), (10, 120)],
+    )
+    def test_duplicated_ngrams(self, n, filler_dropped):
+        cfg = only(self.cfg, f"dup_{n}gram_char_frac")
         vocab = unique_words(400)
-        passage = " ".join(vocab[:10])
-        # one 10-word passage repeated once within 300 other words: 49 / 1560 chars of duplicated 10-grams
-        assert gopher_repetition(" ".join(vocab[10:310]) + " " + passage + " " + passage, self.cfg) is None
-        text = " ".join(vocab[10:60]) + " " + " ".join([passage] * 3)
-        assert gopher_repetition(text, self.cfg) == "dup_5gram"
+        passage = vocab[: 2 * n]
+
+        def text(filler: int) -> str:
+            return " ".join(vocab[2 * n : 2 * n + filler] + passage + passage)
+
+        assert gopher_repetition(text(filler_dropped), cfg) == f"dup_{n}gram"
+        assert gopher_repetition(text(filler_dropped + 1), cfg) is None
 
 
 class TestC4:
     cfg = C4Config()
+    five = "One two three. Four five six. Seven eight nine. Ten eleven twelve. Thirteen fourteen fifteen."
 
     def test_line_rules_drop_lines_and_keep_the_document(self):
         text = "\n".join(
@@ -134,12 +180,18 @@ class TestC4:
             kept == "This line is fine. So is this one.\nThe third sentence is here . And a fourth one! And the fifth?"
         )
 
+    def test_words_per_line(self):
+        assert c4(self.five + "\nthree words here", self.cfg) == (None, self.five + "\nthree words here")
+        assert c4(self.five + "\ntwo words", self.cfg) == (None, self.five)
+
+    def test_sentences(self):
+        assert c4(self.five, self.cfg)[0] is None
+        assert c4(self.five.rsplit(" ", 3)[0], self.cfg)[0] == "too_few_sentences"  # four sentences and a fragment
+
     def test_document_rules(self):
-        five = "One two three. Four five six. Seven eight nine. Ten eleven twelve. Thirteen fourteen fifteen."
-        assert c4(five, self.cfg)[0] is None
-        assert c4(five.rsplit(" ", 3)[0], self.cfg)[0] == "too_few_sentences"  # four sentences and a fragment
-        assert c4(five + "\nLorem ipsum dolor sit amet.", self.cfg)[0] == "lorem_ipsum"
-        assert c4(five + "\nuse a dict like {a: 1} here", self.cfg)[0] == "curly_bracket"
+        assert c4(self.five + "\nLorem ipsum dolor sit amet.", self.cfg)[0] == "lorem_ipsum"
+        assert c4(self.five + "\nuse a dict like {a: 1} here", self.cfg)[0] == "curly_bracket"
+        assert c4(self.five + "\nuse a dict like (a: 1) here", self.cfg)[0] is None
 
     def test_terminal_punctuation_is_fineweb_off_and_c4_on(self):
         text = "\n".join(["no end punctuation here at all"] * 5 + ["But this one ends."])
@@ -147,43 +199,45 @@ class TestC4:
         assert c4(text, dataclasses.replace(self.cfg, filter_no_terminal_punct=True))[0] == "too_few_sentences"
 
     def test_long_word_drops_line(self):
-        text = "a b " + "x" * 1001 + " end.\n" + "One two three. Four five six. Seven eight nine. Ten. Eleven."
-        rule, kept = c4(text, self.cfg)
-        assert (rule, kept) == (None, "One two three. Four five six. Seven eight nine. Ten. Eleven.")
+        for length, kept in ((1000, "a b " + "x" * 1000 + " end.\n" + self.five), (1001, self.five)):
+            text = "a b " + "x" * length + " end.\n" + self.five
+            assert c4(text, self.cfg) == (None, kept)
 
 
 class TestFineWeb:
     cfg = FineWebConfig()
 
     def line(self, i: int, end: str = ".") -> str:
-        return " ".join(unique_words(200)[i * 8 : (i + 1) * 8]) + end  # 47-48 characters
+        return " ".join(unique_words(400)[i * 8 : (i + 1) * 8]) + end  # 47-48 characters
 
     def test_passes(self):
         assert fineweb("\n".join(self.line(i) for i in range(10)), self.cfg) is None
 
-    def test_line_punctuation(self):
-        lines = [self.line(i, "") for i in range(10)]
-        assert fineweb("\n".join(lines), self.cfg) == "line_punct_ratio"  # 0 of 10
-        lines[0] += "."
-        lines[1] += "."
-        assert fineweb("\n".join(lines), self.cfg) is None  # 2 of 10 = 0.2 >= 0.12
+    def test_line_punctuation_at_most_012_drops(self):
+        lines = [self.line(i, "." if i < 3 else "") for i in range(25)]
+        assert fineweb("\n".join(lines), self.cfg) == "line_punct_ratio"  # 3 of 25 = 0.12
+        lines[3] += "!"
+        assert fineweb("\n".join(lines), self.cfg) is None  # 4 of 25 = 0.16
 
-    def test_short_lines(self):
-        lines = [self.line(i) for i in range(3)] + [f"short {i}." for i in range(7)]  # 7 of 10 short
+    def test_short_lines_at_least_067_drop(self):
+        lines = [self.line(i) for i in range(33)] + [f"short {i}." for i in range(67)]  # 67 of 100 short
         assert fineweb("\n".join(lines), self.cfg) == "short_line_ratio"
-        lines = [self.line(i) for i in range(4)] + [f"short {i}." for i in range(6)]  # 6 of 10
+        lines = [self.line(i) for i in range(34)] + [f"short {i}." for i in range(66)]  # 66 of 100
         assert fineweb("\n".join(lines), self.cfg) is None
 
-    def test_duplicate_line_characters(self):
-        lines = [self.line(i) for i in range(20)]
-        assert fineweb("\n".join(lines + lines[:1]), self.cfg) == "char_dup_ratio"  # 48/1008 > 0.01
+    def test_duplicate_line_characters_at_least_001_drop(self):
+        cfg = dataclasses.replace(self.cfg, short_line_thr=0, new_line_ratio=0)
+        lines = [f"item {i:04d}." for i in range(99)]  # 10 characters each
+        assert fineweb("\n".join(lines + lines[:1]), cfg) == "char_dup_ratio"  # 10 / 1000
+        lines[1] += "."
+        assert fineweb("\n".join(lines + lines[:1]), cfg) is None  # 10 / 1001
 
     def test_list_ratio(self):
+        cfg = dataclasses.replace(self.cfg, short_line_thr=0)
         text = "\n".join(f"{a} {b}." for a, b in zip(unique_words(40)[::2], unique_words(40)[1::2]))
-        # 20 lines of 2 words and a period: 19 newlines / 60 tokens = 0.317 > 0.3 (short lines disabled here)
-        assert fineweb(text, dataclasses.replace(self.cfg, short_line_thr=1.0)) == "list_ratio"
+        assert fineweb(text, cfg) == "list_ratio"  # 19 newlines / 60 tokens = 0.317
         text = "\n".join(f"{a} {b} c." for a, b in zip(unique_words(40)[::2], unique_words(40)[1::2]))
-        assert fineweb(text, dataclasses.replace(self.cfg, short_line_thr=1.0)) is None
+        assert fineweb(text, cfg) is None  # 19 / 80
 
 
 class TestCodeProfile:
@@ -208,3 +262,37 @@ class TestCodeProfile:
     def test_thresholds_are_inclusive_limits(self):
         assert code_profile("y = '" + "a" * 994 + "'\n" + "x = 1\n" * 10, self.cfg) is None  # 1000 characters
         assert code_profile("\n" * 5 + "# autogenerated, but below the scanned lines\n", self.cfg) is None
+
+
+def stdlib_docstrings(min_words: int = 80) -> list[Document]:
+    """Every docstring (module, class, function) of at least min_words words in the interpreter's standard library,
+    test folders left out, one document each: clean English prose as written by many hands."""
+    root, docs = stdlib_root(), []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if {"test", "tests", "idle_test", "site-packages"} & set(rel.parts[:-1]):
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):  # the stdlib ships a few deliberately broken files
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                text = ast.get_docstring(node)
+                if text and len(text.split()) >= min_words:
+                    docs.append(Document(f"{rel.as_posix()}:{getattr(node, 'lineno', 0)}", text, "stdlib-docstring"))
+    return docs
+
+
+@pytest.mark.slow
+def test_stdlib_docstrings_mostly_pass_and_every_drop_is_explained():
+    docs = stdlib_docstrings()
+    kept, report = Cleaner(CleanConfig(examples=len(docs))).clean_chunk(docs)
+    assert len(docs) > 700
+    assert report.languages == {"en": len(docs)}
+    # measured 562 of 742 (Python 3.11): the rest are lists, tables, doctests and code that the rules target
+    assert len(kept) >= 0.75 * len(docs)
+    dropped = {d.id for d in docs} - {c.doc.id for c in kept}
+    explained = {e.split(": ", 1)[0]: rule for rule, c in report.rules.items() for e in c.examples}
+    assert set(explained) == dropped
+    assert sum(c.docs for c in report.rules.values()) == len(dropped)

@@ -19,35 +19,55 @@ class NormalizeConfig:
 
 
 @dataclass(frozen=True)
-class GopherQualityConfig:
-    """datatrove GopherQualityFilter defaults (Gopher table A1). Applies to prose documents."""
+class LangIdConfig:
+    """Language identification of prose documents by py3langid's model (shipped inside its wheel), as FineWeb
+    keeps English by fastText's language score (Penedo et al. 2024, section 3.2; datatrove
+    `filters/language_filter.py`). The language and its score go into the document's meta either way."""
 
     enabled: bool = True
-    min_doc_words: int = 50
+    languages: tuple[str, ...] = ("en",)  # ISO 639 codes kept; empty keeps every language
+    # FineWeb keeps fastText scores >= 0.65. py3langid's probability, measured on lower-cased text: the 742 stdlib
+    # docstrings of 80+ words all 'en', 1% below 0.987, lowest 0.57 (a doctest); hand-made English, German, French,
+    # Spanish paragraphs 0.999-1.0; code and URLs read as prose 0.02-0.11; so the same value separates them here
+    # (it drops 1 of the 742 docstrings)
+    min_score: float = 0.65
+
+
+@dataclass(frozen=True)
+class GopherQualityConfig:
+    """Gopher's quality rules (Rae et al. 2021, appendix A.1.1 "Quality filtering"), with the defaults of datatrove's
+    `filters/gopher_quality_filter.py`. Words are tokens with a letter or digit, as the paper's rules speak of words
+    (see filters_prose.gopher_quality). Applies to prose documents."""
+
+    enabled: bool = True
+    min_doc_words: int = 50  # A.1.1: "between 50 and 100,000 words"
     max_doc_words: int = 100_000
-    min_avg_word_length: float = 3.0
+    min_avg_word_length: float = 3.0  # A.1.1: "mean word length ... 3 to 10 characters"
     max_avg_word_length: float = 10.0
-    max_symbol_word_ratio: float = 0.1  # '#' and ellipses per word
-    max_bullet_lines_ratio: float = 0.9  # lines starting with a bullet
-    max_ellipsis_lines_ratio: float = 0.3  # lines ending with an ellipsis
-    max_non_alpha_words_ratio: float = 0.8  # named as in datatrove: the minimum share of words with a letter
-    min_stop_words: int = 2
+    max_symbol_word_ratio: float = 0.1  # A.1.1: '#' and ellipses per word, "greater than 0.1"
+    max_bullet_lines_ratio: float = 0.9  # A.1.1: "more than 90% of lines starting with a bullet point"
+    max_ellipsis_lines_ratio: float = 0.3  # A.1.1: "more than 30% ending with an ellipsis"
+    # A.1.1: "80% of words in a document contain at least one alphabetic character" (datatrove:
+    # max_non_alpha_words_ratio)
+    min_alpha_words_ratio: float = 0.8
+    min_stop_words: int = 2  # A.1.1: "at least two of the following English words"
     stop_words: tuple[str, ...] = ("the", "be", "to", "of", "and", "that", "have", "with")
 
 
 @dataclass(frozen=True)
 class GopherRepetitionConfig:
-    """datatrove GopherRepetitionFilter defaults (Gopher table A1). Applies to prose documents."""
+    """Gopher's repetition rules (Rae et al. 2021, appendix A.1.1 "Repetition removal", thresholds of table A1), as
+    datatrove's `filters/gopher_repetition_filter.py` computes them. Applies to prose documents."""
 
     enabled: bool = True
-    dup_line_frac: float = 0.3
-    dup_para_frac: float = 0.3
-    dup_line_char_frac: float = 0.2
-    dup_para_char_frac: float = 0.2
-    top_2gram_char_frac: float = 0.20  # characters in the most frequent n-gram
+    dup_line_frac: float = 0.3  # table A1: duplicate line fraction
+    dup_para_frac: float = 0.3  # table A1: duplicate paragraph fraction
+    dup_line_char_frac: float = 0.2  # table A1: duplicate line character fraction
+    dup_para_char_frac: float = 0.2  # table A1: duplicate paragraph character fraction
+    top_2gram_char_frac: float = 0.20  # table A1: characters in the most frequent n-gram
     top_3gram_char_frac: float = 0.18
     top_4gram_char_frac: float = 0.16
-    dup_5gram_char_frac: float = 0.15  # characters in n-grams seen before
+    dup_5gram_char_frac: float = 0.15  # table A1: characters in n-grams seen before
     dup_6gram_char_frac: float = 0.14
     dup_7gram_char_frac: float = 0.13
     dup_8gram_char_frac: float = 0.12
@@ -57,31 +77,36 @@ class GopherRepetitionConfig:
 
 @dataclass(frozen=True)
 class C4Config:
-    """datatrove C4QualityFilter defaults, with FineWeb's one change. Line rules drop lines; document rules drop
-    the document. Applies to prose documents."""
+    """C4's rules (Raffel et al. 2020, section 2.2 "Colossal Clean Crawled Corpus"), as datatrove's
+    `filters/c4_filters.py` (C4QualityFilter) computes them, with FineWeb's one change. Line rules drop lines;
+    document rules drop the document. Applies to prose documents."""
 
     enabled: bool = True
-    filter_no_terminal_punct: bool = False  # FineWeb's setting; C4 and datatrove default to True
-    min_words_per_line: int = 3
-    max_word_length: int = 1000  # a line with a longer word is dropped
-    min_num_sentences: int = 5  # a document with fewer sentences in its kept lines is dropped
-    remove_citations: bool = True  # Wikipedia-style [1], [edit], [citation needed]
-    filter_lorem_ipsum: bool = True
-    filter_javascript: bool = True
-    filter_curly_bracket: bool = True
-    filter_policy: bool = True  # lines about cookies, terms of use, privacy policy
+    # 2.2: "only retained lines that ended in a terminal punctuation mark"; off as in FineWeb's recipe (datatrove
+    # `examples/fineweb.py`), whose own line-punctuation rule replaces it
+    filter_no_terminal_punct: bool = False
+    min_words_per_line: int = 3  # 2.2: "only retained lines that contained at least 3 words"
+    max_word_length: int = 1000  # TFDS c4_utils and datatrove: a line with a longer word is dropped
+    min_num_sentences: int = 5  # 2.2: "discarded any page with fewer than 5 sentences" (in its kept lines)
+    remove_citations: bool = True  # TFDS c4_utils and datatrove: Wikipedia-style [1], [edit], [citation needed]
+    filter_lorem_ipsum: bool = True  # 2.2: "removed any page where the phrase 'lorem ipsum' appeared"
+    filter_javascript: bool = True  # 2.2: "removed any line with the word Javascript"
+    filter_curly_bracket: bool = True  # 2.2: "removed any pages that contained a curly bracket"
+    filter_policy: bool = True  # TFDS c4_utils and datatrove: lines about cookies, terms of use, privacy policy
 
 
 @dataclass(frozen=True)
 class FineWebConfig:
-    """datatrove FineWebQualityFilter defaults (FineWeb section 3.3). Applies to prose documents."""
+    """FineWeb's own rules (Penedo et al. 2024, section 3.3 "Additional heuristic filters"), with the values and
+    comparisons of datatrove's `filters/fineweb_quality_filter.py`, which made the dataset. Applies to prose
+    documents."""
 
     enabled: bool = True
-    line_punct_thr: float = 0.12  # minimum share of lines ending in . ' " ! ?
-    short_line_thr: float = 0.67  # maximum share of lines of at most short_line_length characters
+    line_punct_thr: float = 0.12  # dropped when at most this share of lines ends in . ' " ! ?
+    short_line_thr: float = 0.67  # dropped when at least this share of lines has <= short_line_length characters
     short_line_length: int = 30
-    char_duplicates_ratio: float = 0.01  # maximum share of characters in repeated lines
-    new_line_ratio: float = 0.3  # maximum newlines per word (lists)
+    char_duplicates_ratio: float = 0.01  # dropped when at least this share of characters is in repeated lines
+    new_line_ratio: float = 0.3  # dropped when there are more newlines per word (lists); datatrove only
 
 
 @dataclass(frozen=True)
@@ -127,6 +152,7 @@ class PIIConfig:
 class CleanConfig:
     enabled: bool = True  # false: documents pass through untouched
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    langid: LangIdConfig = field(default_factory=LangIdConfig)
     repetition: GopherRepetitionConfig = field(default_factory=GopherRepetitionConfig)
     quality: GopherQualityConfig = field(default_factory=GopherQualityConfig)
     c4: C4Config = field(default_factory=C4Config)

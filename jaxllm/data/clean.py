@@ -12,7 +12,7 @@ import re
 import unicodedata
 
 from jaxllm.config.clean import CleanConfig, NormalizeConfig
-from jaxllm.data import filters_prose
+from jaxllm.data import filters_prose, langid
 from jaxllm.data.dedup import MinHasher, exact_key
 from jaxllm.data.filters_code import code_profile
 from jaxllm.data.pii import scrub
@@ -51,9 +51,10 @@ class Cleaner:
         self.minhasher = MinHasher(cfg.dedup) if cfg.dedup.near else None
         c = cfg
         # (stage, kind it applies to or None for all, enabled, (text, report) -> (rule that removes the document
-        # or None, new text)), in the order of report.STAGES.
+        # or None, new text[, (key, value) pairs for the document's meta])), in the order of report.STAGES.
         self.stages = (
             ("normalize", None, True, self._normalize),
+            ("langid", "prose", c.langid.enabled, self._langid),
             (
                 "gopher_repetition",
                 "prose",
@@ -76,6 +77,11 @@ class Cleaner:
         text = normalize(text, self.cfg.normalize)
         return ("empty" if not text.strip() else None), text
 
+    def _langid(self, text: str, report: Report) -> tuple[str | None, str, tuple]:
+        language, score = langid.identify(text)
+        report.languages[language] = report.languages.get(language, 0) + 1
+        return langid.language_rule(language, score, self.cfg.langid), text, (("lang", language), ("lang_score", score))
+
     def _scrub(self, text: str, report: Report) -> tuple[None, str]:
         text, counts = scrub(text, self.cfg.pii)
         for kind, n in counts.items():
@@ -84,20 +90,20 @@ class Cleaner:
 
     def clean(self, doc: Document, report: Report) -> Cleaned | None:
         """The cleaned document with its dedup keys, or None when a rule removed it (recorded in report)."""
-        text, size = doc.text, _n_bytes(doc.text)
+        text, size, meta = doc.text, _n_bytes(doc.text), doc.meta
         for stage, kind, enabled, apply in self.stages:
             if not enabled or kind not in (None, doc.kind):
                 report.passed(stage, size, size)
                 continue
-            rule, new_text = apply(text, report)
+            rule, new_text, *found = apply(text, report)
             if rule:
                 report.removed(stage, rule, doc.id, text, size)
                 return None
             new_size = size if new_text == text else _n_bytes(new_text)
             report.passed(stage, size, new_size)
-            text, size = new_text, new_size
+            text, size, meta = new_text, new_size, meta + (found[0] if found else ())
         return Cleaned(
-            dataclasses.replace(doc, text=text),
+            dataclasses.replace(doc, text=text, meta=meta),
             size,
             exact_key(text),
             self.minhasher.band_keys(text) if self.minhasher else (),

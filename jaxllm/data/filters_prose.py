@@ -1,9 +1,11 @@
 """Quality filters for prose: Gopher repetition and quality rules, C4 line filters, FineWeb's additions.
 
 Each follows datatrove's implementation of the published rule (same order of checks, same comparisons), so a
-threshold means what the paper and datatrove say it means. Each returns the name of the rule that removes the
-document, or None to keep it; `c4` also returns the text with its rejected lines dropped. Not for source code:
-see filters_code.
+threshold means what the paper and datatrove say it means, except where datatrove departs from the paper: Gopher's
+ratios are per word, as the paper states them, not per token (see gopher_quality). The papers and reference files
+are cited beside each threshold in config/clean.py. Each returns the name of the rule that removes the document,
+or None to keep it; `c4` also returns the text with its rejected lines dropped. Not for source code: see
+filters_code.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from jaxllm.config.clean import C4Config, FineWebConfig, GopherQualityConfig, Go
 # same without the dependency (words keep inner apostrophes and hyphens: "don't", "well-known").
 WORD_RE = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]+")
 PARAGRAPH_SPLIT_RE = re.compile(r"\n{2,}")
-LINE_SPLIT_RE = re.compile(r"\n+")  # blank lines are not lines (else they would all count as duplicates)
+# blank lines are not lines (else they would all count as duplicates), as in datatrove's repetition filter
+LINE_SPLIT_RE = re.compile(r"\n+")
+# datatrove counts a line's sentences with NLTK's punkt, whose model is a separate download; this counts runs of
+# end punctuation before a space or the end, and a line without one as one sentence (as punkt does)
 SENTENCE_END_RE = re.compile(r"[.!?]+(?=\s|$)")
 CITATION_RE = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 C4_END_PUNCTUATION = (".", "?", "!", '"', "'")
@@ -30,6 +35,7 @@ C4_POLICY_SUBSTRINGS = (
     "use cookies",
 )
 FINEWEB_STOP_CHARS = (".", "'", '"', "!", "?")
+GOPHER_BULLETS = ("•", "-")  # datatrove's bullets (the paper names none)
 
 
 def split_words(text: str) -> list[str]:
@@ -59,12 +65,13 @@ def _top_ngram_chars(ngrams: list[str]) -> int:
 
 
 def _duplicated_ngram_chars(ngrams: list[str], n: int) -> int:
-    """Characters in n-grams seen before, skipping past each repeat so overlapping repeats count once."""
+    """Characters in n-grams seen before, skipping past each repeat so overlapping repeats count once; the spaces
+    between an n-gram's words do not count (datatrove joins the words with '' here)."""
     seen: set[str] = set()
     chars = i = 0
     while i < len(ngrams):
         if ngrams[i] in seen:
-            chars += len(ngrams[i])
+            chars += len(ngrams[i]) - (n - 1)
             i += n
         else:
             seen.add(ngrams[i])
@@ -100,14 +107,17 @@ def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> str | None:
 
 
 def gopher_quality(text: str, cfg: GopherQualityConfig) -> str | None:
-    words = split_words(text)
-    # Length rules count words proper; the ratio rules divide by all tokens, punctuation included, as datatrove does.
-    real_words = [w for w in words if any(c.isalnum() for c in w)]
-    if len(real_words) < max(cfg.min_doc_words, 1):
+    # Gopher states every rule in words (Rae et al. 2021, appendix A.1.1), and a punctuation token is no word: a
+    # word here is a token with a letter or digit. datatrove counts words so for the length rules but divides the
+    # symbol and alphabetic ratios by all tokens, punctuation included, which scores prose with many commas and
+    # quotes as having few alphabetic words.
+    tokens = split_words(text)
+    words = [w for w in tokens if any(c.isalnum() for c in w)]
+    if len(words) < max(cfg.min_doc_words, 1):
         return "too_few_words"
-    if cfg.max_doc_words and len(real_words) > cfg.max_doc_words:
+    if cfg.max_doc_words and len(words) > cfg.max_doc_words:
         return "too_many_words"
-    mean_length = sum(map(len, real_words)) / len(real_words)
+    mean_length = sum(map(len, words)) / len(words)
     if cfg.min_avg_word_length and mean_length < cfg.min_avg_word_length:
         return "short_mean_word"
     if cfg.max_avg_word_length and mean_length > cfg.max_avg_word_length:
@@ -117,16 +127,17 @@ def gopher_quality(text: str, cfg: GopherQualityConfig) -> str | None:
     if cfg.max_symbol_word_ratio and (text.count("...") + text.count("…")) / len(words) > cfg.max_symbol_word_ratio:
         return "ellipsis_ratio"
     lines = text.splitlines()
-    bullets = sum(line.lstrip().startswith(("•", "-")) for line in lines)
+    bullets = sum(line.lstrip().startswith(GOPHER_BULLETS) for line in lines)
     if cfg.max_bullet_lines_ratio and bullets / len(lines) > cfg.max_bullet_lines_ratio:
         return "bullet_lines"
     ellipsis_lines = sum(line.rstrip().endswith(("...", "…")) for line in lines)
     if cfg.max_ellipsis_lines_ratio and ellipsis_lines / len(lines) > cfg.max_ellipsis_lines_ratio:
         return "ellipsis_lines"
     alpha_words = sum(any(c.isalpha() for c in w) for w in words)
-    if cfg.max_non_alpha_words_ratio and alpha_words / len(words) < cfg.max_non_alpha_words_ratio:
+    if cfg.min_alpha_words_ratio and alpha_words / len(words) < cfg.min_alpha_words_ratio:
         return "few_alpha_words"
-    stop_words = set(cfg.stop_words)  # compared lower-cased (datatrove compares as is), so 'The' counts
+    # "the English words" of the paper: compared lower-cased (datatrove compares as is, so 'The' would not count)
+    stop_words = set(cfg.stop_words)
     if cfg.min_stop_words and sum(w.lower() in stop_words for w in words) < cfg.min_stop_words:
         return "few_stop_words"
     return None
@@ -155,7 +166,6 @@ def c4(text: str, cfg: C4Config) -> tuple[str | None, str]:
             return "curly_bracket", text
         if cfg.filter_policy and any(p in lowered for p in C4_POLICY_SUBSTRINGS):
             continue
-        # NLTK's sentence splitter in datatrove; a line without end punctuation still counts as one sentence.
         sentences += max(1, len(SENTENCE_END_RE.findall(line)))
         kept.append(line)
     if sentences < cfg.min_num_sentences:
@@ -164,16 +174,23 @@ def c4(text: str, cfg: C4Config) -> tuple[str | None, str]:
 
 
 def fineweb(text: str, cfg: FineWebConfig) -> str | None:
-    lines = [line for line in text.split("\n") if line.strip()]
-    if not lines:
-        return "empty"
-    if sum(line.endswith(FINEWEB_STOP_CHARS) for line in lines) / len(lines) < cfg.line_punct_thr:
+    # datatrove's comparisons, inclusive where it is (<= and >=); blank lines count as lines in the two line ratios
+    # (C4 before it has already dropped them in the pipeline) but not among duplicated lines.
+    lines = text.split("\n")
+    if (
+        cfg.line_punct_thr
+        and sum(line.endswith(FINEWEB_STOP_CHARS) for line in lines) / len(lines) <= cfg.line_punct_thr
+    ):
         return "line_punct_ratio"
-    if sum(len(line) <= cfg.short_line_length for line in lines) / len(lines) > cfg.short_line_thr:
+    if (
+        cfg.short_line_thr
+        and sum(len(line) <= cfg.short_line_length for line in lines) / len(lines) >= cfg.short_line_thr
+    ):
         return "short_line_ratio"
+    non_empty = [line for line in lines if line.strip()]
     if (
         cfg.char_duplicates_ratio
-        and find_duplicates(lines)[1] / len(text.replace("\n", "")) > cfg.char_duplicates_ratio
+        and find_duplicates(non_empty)[1] / max(len(text.replace("\n", "")), 1) >= cfg.char_duplicates_ratio
     ):
         return "char_dup_ratio"
     if cfg.new_line_ratio and text.count("\n") / max(len(split_words(text)), 1) > cfg.new_line_ratio:

@@ -1,6 +1,6 @@
 """What the cleaning pipeline did: documents and bytes in and out of every stage, documents removed by every
-rule with a few truncated examples, PII replacements, throughput. Printed as a table, written as report.json and
-drawn as report.png.
+rule with a few truncated examples, PII replacements, prose documents per language, throughput. Printed as a
+table, written as report.json and drawn as report.png.
 
 Reports add up: worker processes fill one per chunk of documents and the parent merges them in input order, so
 counts and examples (the first ones in input order) do not depend on the number of workers.
@@ -14,10 +14,11 @@ import os
 import pathlib
 import sys
 
-# Pipeline order. Prose documents go through the four prose stages and code documents through `code`; each
+# Pipeline order. Prose documents go through langid and the four prose filters, code documents through `code`; each
 # stage counts every document, passing through unchanged those it does not apply to, so the stages chain.
 STAGES = (
     "normalize",
+    "langid",
     "gopher_repetition",
     "gopher_quality",
     "c4",
@@ -51,6 +52,7 @@ class Report:
         self.stages = {name: StageCounts() for name in STAGES}
         self.rules: dict[str, RuleCounts] = {}  # 'stage/rule'
         self.pii = {"email": 0, "ip": 0, "phone": 0}
+        self.languages: dict[str, int] = {}  # prose documents identified in each language, kept or not
         self.sources: dict = {}  # files read and skipped, when the caller passes its SourceStats
         self.workers = 1
         self.seconds = 0.0
@@ -86,9 +88,15 @@ class Report:
             mine.examples += counts.examples[: self.max_examples - len(mine.examples)]
         for kind, n in other.pii.items():
             self.pii[kind] += n
+        for language, n in other.languages.items():
+            self.languages[language] = self.languages.get(language, 0) + n
 
     def _sorted_rules(self) -> list[tuple[str, RuleCounts]]:
         return sorted(self.rules.items(), key=lambda item: (STAGES.index(item[0].split("/")[0]), item[0]))
+
+    def _sorted_languages(self) -> dict[str, int]:
+        """Most documents first, ties by code: the same order whatever the merge order."""
+        return dict(sorted(self.languages.items(), key=lambda item: (-item[1], item[0])))
 
     def to_dict(self) -> dict:
         documents = self.stages["normalize"].docs_in
@@ -96,6 +104,7 @@ class Report:
             "stages": {name: dataclasses.asdict(c) for name, c in self.stages.items()},
             "rules": {name: dataclasses.asdict(c) for name, c in self._sorted_rules()},
             "pii_replaced": dict(self.pii),
+            "languages": self._sorted_languages(),
             "sources": self.sources,
             "workers": self.workers,
             "seconds": round(self.seconds, 3),
@@ -120,6 +129,8 @@ class Report:
             f"{self.pii['phone']:,} phone numbers",
             file=file,
         )
+        if self.languages:
+            print("languages: " + ", ".join(f"{lang} {n:,}" for lang, n in self._sorted_languages().items()), file=file)
         if self.sources:
             print(
                 f"sources: {self.sources['files_read']:,} files read, {self.sources['files_skipped']:,} skipped",
