@@ -1,8 +1,8 @@
 """Per-document cleaning: normalisation, the quality filters of the document's kind, PII scrubbing, dedup keys.
 
 `Cleaner.clean_chunk` is what each worker process runs; it touches one document at a time and keeps no state
-between documents, so any split of the corpus into chunks gives the same result. Dedup itself needs all earlier
-documents and happens in the parent (see pipeline.py).
+between documents, so any split of the corpus into chunks gives the same result. Dedup itself needs the whole
+corpus and happens in the parent (see pipeline.py).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import unicodedata
+
+import numpy as np
 
 from jaxllm.config.clean import CleanConfig, NormalizeConfig
 from jaxllm.data import filters_prose, langid
@@ -38,7 +40,7 @@ class Cleaned:
     doc: Document
     n_bytes: int
     exact_key: bytes
-    band_keys: tuple[int, ...]
+    signature: np.ndarray | None  # (num_perm,) uint32 MinHash values; None without words or with near dedup off
 
 
 def _n_bytes(text: str) -> int:
@@ -106,7 +108,7 @@ class Cleaner:
             dataclasses.replace(doc, text=text, meta=meta),
             size,
             exact_key(text),
-            self.minhasher.band_keys(text) if self.minhasher else (),
+            self.minhasher.signature(text) if self.minhasher else None,
         )
 
     def clean_chunk(self, docs: list[Document]) -> tuple[list[Cleaned], Report]:

@@ -1,23 +1,29 @@
-"""The cleaning pipeline over a stream of documents: clean in worker processes, dedup in order, report.
+"""The cleaning pipeline over a stream of documents: clean in worker processes, dedup the whole corpus, report.
 
-Documents are cut into chunks (about 1 MB) and cleaned by a pool of `workers` processes, with at most two chunks
-per worker in flight, so memory stays bounded whatever the corpus size (apart from the dedup indexes, see
-dedup.py). Results are consumed in input order, and dedup keeps the first of each group in that order, so the
-output and the report are the same for any number of workers. Workers are spawned, not forked: the caller may
-already have started JAX, whose threads do not survive a fork.
+Two passes. First, documents are cut into chunks (about 1 MB) and cleaned by a pool of `workers` processes, with
+at most two chunks per worker in flight; the parent takes the results in input order, writes the cleaned
+documents to a temporary spill file and hands each one's exact key and MinHash signature to the dedup driver
+(dedup.DedupIndex: 17 bytes of memory per document, at most about 66 while deciding). Once the corpus is
+through, dedup decides which document of each group to keep (the lowest input index); the second pass reads the
+spill back in order and yields the kept ones. Memory stays bounded whatever the corpus size, and the output and
+the report depend on the input order alone, not on the number of workers. Workers are spawned, not forked: the
+caller may already have started JAX, whose threads do not survive a fork.
 """
 
 from __future__ import annotations
 
 import collections
 import multiprocessing
+import os
+import pickle
 import sys
+import tempfile
 import time
-from typing import Iterable, Iterator
+from typing import IO, Iterable, Iterator
 
 from jaxllm.config.clean import CleanConfig
 from jaxllm.data.clean import Cleaned, Cleaner
-from jaxllm.data.dedup import FirstSeen
+from jaxllm.data.dedup import DedupIndex, Verdicts
 from jaxllm.data.report import Report
 from jaxllm.data.sources import Document, SourceStats
 
@@ -66,38 +72,94 @@ def _cleaned_chunks(docs: Iterable[Document], cfg: CleanConfig, workers: int) ->
             yield pending.popleft().get()
 
 
-def iter_clean(
-    docs: Iterable[Document], cfg: CleanConfig, workers: int, report: Report, progress: bool = True
-) -> Iterator[Document]:
-    """Cleaned, deduplicated documents in input order; `report` is complete once the iterator is exhausted."""
-    report.workers = max(workers, 1)
-    exact, near = FirstSeen(), FirstSeen()
+def _clean_and_spill(
+    docs: Iterable[Document],
+    cfg: CleanConfig,
+    workers: int,
+    report: Report,
+    progress: bool,
+    spill: IO[bytes],
+    index: DedupIndex,
+) -> None:
+    """First pass: cleaning counts into report, cleaned (document, bytes) chunks pickled into spill, dedup keys
+    into index."""
     start = last_print = time.perf_counter()
     for cleaned, chunk_report in _cleaned_chunks(docs, cfg, workers):
         report.merge(chunk_report)
-        for c in cleaned:
-            # exact first: an exact copy is reported as such, not as a near duplicate
-            for stage, index, keys in (
-                ("exact_dedup", exact, (c.exact_key,) if cfg.dedup.exact else ()),
-                ("near_dedup", near, c.band_keys),
-            ):
-                earlier = index.check_and_add(c.doc.id, keys)
-                if earlier is not None:
-                    report.removed(stage, "duplicate", c.doc.id, c.doc.text, c.n_bytes, f" (of {earlier})")
-                    break
-                report.passed(stage, c.n_bytes, c.n_bytes)
-            else:
-                yield c.doc
+        pickle.dump([(c.doc, c.n_bytes) for c in cleaned], spill, pickle.HIGHEST_PROTOCOL)
+        index.add([c.exact_key for c in cleaned], [c.signature for c in cleaned])
         now = time.perf_counter()
         if progress and now - last_print >= PROGRESS_EVERY_S:
             last_print = now
             seen = report.stages["normalize"].docs_in
             print(
-                f"[data] cleaning: {seen:,} documents, {seen / (now - start):,.0f} docs/s, "
-                f"{report.stages['near_dedup'].docs_out:,} kept",
+                f"[data] cleaning: {seen:,} documents, {seen / (now - start):,.0f} docs/s, {index.n:,} cleaned",
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def _spilled(spill: IO[bytes]) -> Iterator[tuple[Document, int]]:
+    spill.seek(0)
+    while True:
+        try:
+            yield from pickle.load(spill)
+        except EOFError:
+            return
+
+
+def _dedup_pass(spill: IO[bytes], verdicts: Verdicts, report: Report) -> Iterator[Document]:
+    """Second pass: the kept documents in input order, each removed one counted in report, its cluster statistics
+    set. Ids are kept only of the documents the report names (the first examples of each stage and what they
+    duplicate, the example clusters); a kept document always comes before those removed for resembling it."""
+    largest = verdicts.clusters["largest"]
+    named = {
+        int(verdicts.kept_as[i]) for exact in (True, False) for i in verdicts.first_removed(exact, report.max_examples)
+    }
+    named.update(i for c in largest for i in [c["kept"], *c["members"]])
+    ids = {}
+    for i, (doc, n_bytes) in enumerate(_spilled(spill)):
+        if i in named:
+            ids[i] = doc.id
+        kept_as = int(verdicts.kept_as[i])
+        note = f" (of {ids[kept_as]})" if kept_as in ids else ""
+        if verdicts.exact[i]:
+            report.removed("exact_dedup", "duplicate", doc.id, doc.text, n_bytes, note)
+            continue
+        report.passed("exact_dedup", n_bytes, n_bytes)
+        if kept_as != i:
+            report.removed("near_dedup", "duplicate", doc.id, doc.text, n_bytes, note)
+            continue
+        report.passed("near_dedup", n_bytes, n_bytes)
+        yield doc
+    report.near_clusters = verdicts.clusters | {
+        "largest": [c | {"kept": ids[c["kept"]], "members": [ids[i] for i in c["members"]]} for c in largest]
+    }
+
+
+def iter_clean(
+    docs: Iterable[Document],
+    cfg: CleanConfig,
+    workers: int,
+    report: Report,
+    progress: bool = True,
+    spill_dir: str | os.PathLike | None = None,
+) -> Iterator[Document]:
+    """Cleaned, deduplicated documents in input order, once the whole input is cleaned (the first pass runs at
+    the first `next`); `report` is complete once the iterator is exhausted. The temporary files (the cleaned
+    documents and their signatures) go to spill_dir, the system's default when None, and are gone on return."""
+    report.workers = max(workers, 1)
+    start = time.perf_counter()
+    index = DedupIndex(cfg.dedup, spill_dir)
+    try:
+        with tempfile.TemporaryFile(prefix="cleaned-", dir=spill_dir) as spill:
+            _clean_and_spill(docs, cfg, workers, report, progress, spill, index)
+            if progress:
+                print(f"[data] dedup over {index.n:,} cleaned documents", file=sys.stderr, flush=True)
+            verdicts = index.verdicts(report.max_examples)
+            yield from _dedup_pass(spill, verdicts, report)
+    finally:
+        index.close()
     report.seconds = time.perf_counter() - start
 
 
@@ -107,13 +169,14 @@ def clean_corpus(
     workers: int,
     progress: bool = True,
     source_stats: SourceStats | None = None,
+    spill_dir: str | os.PathLike | None = None,
 ) -> tuple[list[Document], Report]:
     """All cleaned documents and the finished report (pass the sources' stats to have them in the report).
 
     With cfg.enabled false the documents come back unchanged and the report counts nothing.
     """
     report = Report(cfg.examples)
-    kept = list(iter_clean(docs, cfg, workers, report, progress)) if cfg.enabled else list(docs)
+    kept = list(iter_clean(docs, cfg, workers, report, progress, spill_dir)) if cfg.enabled else list(docs)
     if source_stats is not None:
         report.sources = {
             "files_read": source_stats.files_read,

@@ -101,7 +101,12 @@ def _say(progress: bool, message: str) -> None:
 def _collect(cfg: Config, out: pathlib.Path, progress: bool) -> tuple[list[Document], list[Document], dict]:
     stats = SourceStats()
     docs, report = clean_corpus(
-        iter_documents(cfg.data.sources, stats), cfg.data.clean, os.cpu_count() or 1, progress, source_stats=stats
+        iter_documents(cfg.data.sources, stats),
+        cfg.data.clean,
+        os.cpu_count() or 1,
+        progress,
+        source_stats=stats,
+        spill_dir=out,  # the cleaning pass's temporary files on the cache's disk, unnamed: gone when it ends
     )
     report.write(out)
     if progress:

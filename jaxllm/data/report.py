@@ -54,6 +54,7 @@ class Report:
         self.pii = {"email": 0, "ip": 0, "phone": 0}
         self.languages: dict[str, int] = {}  # prose documents identified in each language, kept or not
         self.sources: dict = {}  # files read and skipped, when the caller passes its SourceStats
+        self.near_clusters: dict = {}  # near-duplicate clusters (dedup.cluster_stats, with ids), set after dedup
         self.workers = 1
         self.seconds = 0.0
 
@@ -106,6 +107,7 @@ class Report:
             "pii_replaced": dict(self.pii),
             "languages": self._sorted_languages(),
             "sources": self.sources,
+            "near_dedup_clusters": self.near_clusters,
             "workers": self.workers,
             "seconds": round(self.seconds, 3),
             "docs_per_second": round(documents / self.seconds, 1) if self.seconds else None,
@@ -131,6 +133,8 @@ class Report:
         )
         if self.languages:
             print("languages: " + ", ".join(f"{lang} {n:,}" for lang, n in self._sorted_languages().items()), file=file)
+        if self.near_clusters:
+            self._print_clusters(file)
         if self.sources:
             print(
                 f"sources: {self.sources['files_read']:,} files read, {self.sources['files_skipped']:,} skipped",
@@ -140,6 +144,17 @@ class Report:
         print(
             f"{self.seconds:.1f}s with {self.workers} worker(s)" + (f", {rate:,.0f} docs/s" if rate else ""), file=file
         )
+
+    def _print_clusters(self, file) -> None:
+        c = self.near_clusters
+        sizes = ", ".join(f"{size}: {n:,}" for size, n in c["size_histogram"].items())
+        print(
+            f"near duplicates: {c['clusters']:,} clusters of 2+ documents ({sizes}), {c['removed']:,} removed; "
+            f"{c['verified_pairs']:,} of {c['candidate_pairs']:,} candidate pairs verified",
+            file=file,
+        )
+        for example in c["largest"]:
+            print(f"  {example['size']:,} documents, kept {example['kept']}: also {example['members']}", file=file)
 
     def write(self, directory: str | os.PathLike) -> None:
         """report.json and report.png in directory, each written to a temporary name and renamed when complete."""
