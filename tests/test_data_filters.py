@@ -1,10 +1,11 @@
 """Each cleaning rule on hand-made documents just inside and just outside its published threshold, and the prose
-rules on a corpus of clean English prose (the standard library's long docstrings)."""
+rules on a corpus of clean English prose (the standard library's long prose docstrings, unwrapped)."""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 
 import pytest
 
@@ -162,13 +163,13 @@ class TestGopherRepetition:
 
 class TestC4:
     cfg = C4Config()
-    five = "One two three. Four five six. Seven eight nine. Ten eleven twelve. Thirteen fourteen fifteen."
+    three = "One two three four five. Six seven eight nine ten. Eleven twelve thirteen fourteen fifteen."
 
     def test_line_rules_drop_lines_and_keep_the_document(self):
         text = "\n".join(
             [
                 "This line is fine. So is this one.",
-                "Two words",  # fewer than 3 words: dropped
+                "Four words only here.",  # fewer than 5 words: dropped
                 "Please enable JavaScript to view this page.",  # javascript: dropped
                 "We use cookies to improve your experience.",  # policy: dropped
                 "The third sentence is here [1]. And a fourth one! And the fifth?",
@@ -181,26 +182,34 @@ class TestC4:
         )
 
     def test_words_per_line(self):
-        assert c4(self.five + "\nthree words here", self.cfg) == (None, self.five + "\nthree words here")
-        assert c4(self.five + "\ntwo words", self.cfg) == (None, self.five)
+        assert c4(self.three + "\nfive words are here now", self.cfg) == (
+            None,
+            self.three + "\nfive words are here now",
+        )
+        assert c4(self.three + "\nfour words are here", self.cfg) == (None, self.three)
+        # six words as written, four once the citations go: TFDS counts them after (datatrove before)
+        assert c4(self.three + "\nThree four five [1] [2].", self.cfg) == (None, self.three)
 
     def test_sentences(self):
-        assert c4(self.five, self.cfg)[0] is None
-        assert c4(self.five.rsplit(" ", 3)[0], self.cfg)[0] == "too_few_sentences"  # four sentences and a fragment
+        assert c4(self.three, self.cfg)[0] is None
+        assert c4("One two three four five. Six seven eight nine ten.", self.cfg)[0] == "too_few_sentences"
+        # words after the last end mark are one more sentence, as punkt splits them
+        assert c4("One two three four five. Six seven eight nine ten. Eleven twelve", self.cfg)[0] is None
+        assert c4('One two three four five. He said "six seven eight."', self.cfg)[0] == "too_few_sentences"
 
     def test_document_rules(self):
-        assert c4(self.five + "\nLorem ipsum dolor sit amet.", self.cfg)[0] == "lorem_ipsum"
-        assert c4(self.five + "\nuse a dict like {a: 1} here", self.cfg)[0] == "curly_bracket"
-        assert c4(self.five + "\nuse a dict like (a: 1) here", self.cfg)[0] is None
+        assert c4(self.three + "\nLorem ipsum dolor sit amet.", self.cfg)[0] == "lorem_ipsum"
+        assert c4(self.three + "\nuse a dict like {a: 1} here", self.cfg)[0] == "curly_bracket"
+        assert c4(self.three + "\nuse a dict like (a: 1) here", self.cfg)[0] is None
 
     def test_terminal_punctuation_is_fineweb_off_and_c4_on(self):
-        text = "\n".join(["no end punctuation here at all"] * 5 + ["But this one ends."])
+        text = "\n".join(["no end punctuation here at all"] * 3 + ["But this line does end."])
         assert c4(text, self.cfg)[0] is None
         assert c4(text, dataclasses.replace(self.cfg, filter_no_terminal_punct=True))[0] == "too_few_sentences"
 
     def test_long_word_drops_line(self):
-        for length, kept in ((1000, "a b " + "x" * 1000 + " end.\n" + self.five), (1001, self.five)):
-            text = "a b " + "x" * length + " end.\n" + self.five
+        for length, kept in ((1000, "a b c d " + "x" * 1000 + " end.\n" + self.three), (1001, self.three)):
+            text = "a b c d " + "x" * length + " end.\n" + self.three
             assert c4(text, self.cfg) == (None, kept)
 
 
@@ -266,7 +275,7 @@ class TestCodeProfile:
 
 def stdlib_docstrings(min_words: int = 80) -> list[Document]:
     """Every docstring (module, class, function) of at least min_words words in the interpreter's standard library,
-    test folders left out, one document each: clean English prose as written by many hands."""
+    test folders left out, one document each, as written (hard-wrapped at about 72 columns)."""
     root, docs = stdlib_root(), []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root)
@@ -284,14 +293,61 @@ def stdlib_docstrings(min_words: int = 80) -> list[Document]:
     return docs
 
 
+# a list item ('* ', '- ', '1. ', '(a) ') or a table row starts a line of its own, as it does in extracted web text
+ITEM_START_RE = re.compile(r"([*+•-]|\d+[.)]|\(\w+\))\s|[|+]")
+
+
+def unwrap_paragraphs(text: str) -> str:
+    """Each paragraph's hard-wrapped lines joined into one line; indented lines and paragraphs with a doctest stay
+    as they are."""
+    paragraphs = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        lines = paragraph.split("\n")
+        if any(line.lstrip().startswith(">>>") for line in lines):
+            paragraphs.append(paragraph)
+            continue
+        out: list[str] = []
+        run: list[str] = []
+        for line in lines:
+            if run and (line[:1].isspace() or ITEM_START_RE.match(line)):
+                out.append(" ".join(run))
+                run = []
+            if line[:1].isspace():
+                out.append(line)
+            else:
+                run.append(line.strip())
+        paragraphs.append("\n".join(out + ([" ".join(run)] if run else [])))
+    return "\n\n".join(paragraphs)
+
+
+def stdlib_prose() -> list[Document]:
+    """The stdlib docstrings without doctests or indented blocks (code, argument lists), paragraphs unwrapped.
+
+    Web text reaches these filters one paragraph per line (trafilatura's output, which FineWeb filtered), and the line
+    rules (C4's words per line, FineWeb's share of lines ending in punctuation) are made for that form: on text
+    wrapped at 72 columns they score line breaks, not quality."""
+    return [
+        dataclasses.replace(d, text=unwrap_paragraphs(d.text))
+        for d in stdlib_docstrings()
+        if not any(line.lstrip().startswith(">>>") or line[:1].isspace() for line in d.text.split("\n"))
+    ]
+
+
+def test_unwrap_paragraphs():
+    text = "A wrapped\nsentence.\n\nItems:\n* one\n  more\n* two\n| a | b |\n\n>>> f(\n... 1)\n2"
+    assert (
+        unwrap_paragraphs(text) == "A wrapped sentence.\n\nItems:\n* one\n  more\n* two\n| a | b |\n\n>>> f(\n... 1)\n2"
+    )
+
+
 @pytest.mark.slow
-def test_stdlib_docstrings_mostly_pass_and_every_drop_is_explained():
-    docs = stdlib_docstrings()
+def test_stdlib_prose_mostly_passes_and_every_drop_is_explained():
+    docs = stdlib_prose()
     kept, report = Cleaner(CleanConfig(examples=len(docs))).clean_chunk(docs)
-    assert len(docs) > 700
+    assert len(docs) > 300
     assert report.languages == {"en": len(docs)}
-    # measured 562 of 742 (Python 3.11): the rest are lists, tables, doctests and code that the rules target
-    assert len(kept) >= 0.75 * len(docs)
+    # measured 329 of 343 (Python 3.11): the rest hold curly brackets, tables, repeated phrasing or few sentences
+    assert len(kept) >= 0.90 * len(docs)
     dropped = {d.id for d in docs} - {c.doc.id for c in kept}
     explained = {e.split(": ", 1)[0]: rule for rule, c in report.rules.items() for e in c.examples}
     assert set(explained) == dropped

@@ -77,17 +77,21 @@ class GopherRepetitionConfig:
 
 @dataclass(frozen=True)
 class C4Config:
-    """C4's rules (Raffel et al. 2020, section 2.2 "Colossal Clean Crawled Corpus"), as datatrove's
-    `filters/c4_filters.py` (C4QualityFilter) computes them, with FineWeb's one change. Line rules drop lines;
-    document rules drop the document. Applies to prose documents."""
+    """C4's rules (Raffel et al. 2020, section 2.2 "Colossal Clean Crawled Corpus"), as TFDS
+    `text/c4_utils.py` (clean_page, which made C4) and datatrove's `filters/c4_filters.py` (C4QualityFilter) compute
+    them, with FineWeb's one change. Line rules drop lines; document rules drop the document. Applies to prose
+    documents."""
 
     enabled: bool = True
     # 2.2: "only retained lines that ended in a terminal punctuation mark"; off as in FineWeb's recipe (datatrove
     # `examples/fineweb.py`), whose own line-punctuation rule replaces it
     filter_no_terminal_punct: bool = False
-    min_words_per_line: int = 3  # 2.2: "only retained lines that contained at least 3 words"
+    # 2.2: "discarded any page with fewer than 3 sentences and only retained lines that contained at least 5
+    # words", as TFDS c4_utils (_MIN_NUM_SENTENCES, _MIN_WORDS_PER_LINE), which made C4, has them; datatrove's
+    # defaults, which FineWeb ran, swap the two (5 sentences, 3 words)
+    min_words_per_line: int = 5
     max_word_length: int = 1000  # TFDS c4_utils and datatrove: a line with a longer word is dropped
-    min_num_sentences: int = 5  # 2.2: "discarded any page with fewer than 5 sentences" (in its kept lines)
+    min_num_sentences: int = 3  # counted in the kept lines
     remove_citations: bool = True  # TFDS c4_utils and datatrove: Wikipedia-style [1], [edit], [citation needed]
     filter_lorem_ipsum: bool = True  # 2.2: "removed any page where the phrase 'lorem ipsum' appeared"
     filter_javascript: bool = True  # 2.2: "removed any line with the word Javascript"

@@ -22,7 +22,7 @@ PARAGRAPH_SPLIT_RE = re.compile(r"\n{2,}")
 # blank lines are not lines (else they would all count as duplicates), as in datatrove's repetition filter
 LINE_SPLIT_RE = re.compile(r"\n+")
 # datatrove counts a line's sentences with NLTK's punkt, whose model is a separate download; this counts runs of
-# end punctuation before a space or the end, and a line without one as one sentence (as punkt does)
+# end punctuation before a space or the end, and the words after the last one as one more (as punkt does)
 SENTENCE_END_RE = re.compile(r"[.!?]+(?=\s|$)")
 CITATION_RE = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 C4_END_PUNCTUATION = (".", "?", "!", '"', "'")
@@ -155,7 +155,8 @@ def c4(text: str, cfg: C4Config) -> tuple[str | None, str]:
             line = CITATION_RE.sub("", line)
         if cfg.filter_no_terminal_punct and (not line.endswith(C4_END_PUNCTUATION) or line.endswith("...")):
             continue
-        if len(words) < cfg.min_words_per_line:
+        # words counted with the citations gone, as in TFDS c4_utils (datatrove counts them before)
+        if len(line.split()) < cfg.min_words_per_line:
             continue
         lowered = line.lower()
         if cfg.filter_lorem_ipsum and "lorem ipsum" in lowered:
@@ -166,7 +167,7 @@ def c4(text: str, cfg: C4Config) -> tuple[str | None, str]:
             return "curly_bracket", text
         if cfg.filter_policy and any(p in lowered for p in C4_POLICY_SUBSTRINGS):
             continue
-        sentences += max(1, len(SENTENCE_END_RE.findall(line)))
+        sentences += len(SENTENCE_END_RE.findall(line)) + (not line.endswith((".", "!", "?")))
         kept.append(line)
     if sentences < cfg.min_num_sentences:
         return "too_few_sentences", text
