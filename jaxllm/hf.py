@@ -2,6 +2,9 @@
 
 python -m jaxllm.hf export --run_dir=runs/base --out=exported/ [--step=N]
 python -m jaxllm.hf import --hf_dir=DIR --run_dir=runs/imported
+
+Export also writes the model card (README.md: data, training and evaluation figures, lineage) and records itself in
+the run's exports.jsonl, which python -m jaxllm.inspect shows as the lineage's last link.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from jaxllm import sharding
 from jaxllm import tokenizer as tok
 from jaxllm.cli import ArgumentParser, run_main
 from jaxllm.config import Config, ConfigError, DataConfig, ModelConfig, config_from_dict
+from jaxllm.eval import lineage
 from jaxllm.interop import hf, hf_tokenizer
-from jaxllm.train import checkpoint
+from jaxllm.train import checkpoint, provenance
 from jaxllm.train import step as step_lib
 from jaxllm.train.checkpoint import load_run
 
@@ -41,6 +45,8 @@ def export(run_dir: pathlib.Path, out: pathlib.Path, step: int | None = None) ->
         shutil.copyfile(t.path, out / (hf.CHAR_TOKENIZER_NAME if t.path.suffix == ".json" else "tokenizer.model"))
     if not isinstance(t, tok.CharTokenizer):  # what transformers' AutoTokenizer reads
         hf_tokenizer.write_hf_files(t, out)
+    lineage.record_export(run_dir, out, run.step)
+    (out / "README.md").write_text(lineage.card(lineage.links(run_dir, run.step), out))
     return out
 
 
@@ -97,7 +103,8 @@ def import_(hf_dir: pathlib.Path, run_dir: pathlib.Path) -> pathlib.Path:
     with jax.set_mesh(mesh):
         state = step_lib.init_state(cfg, trainer, jax.device_put(params, trainer.state_shardings["params"]))
         mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints)
-        checkpoint.save(mngr, 0, state, cfg, tok.load(run_dir / tokenizer_name))
+        tokenizer = tok.load(run_dir / tokenizer_name)
+        checkpoint.save(mngr, 0, state, cfg, tokenizer, {"provenance": provenance.of_import(hf_dir, tokenizer.path)})
         mngr.wait_until_finished()
         mngr.close()
     (run_dir / "config.json").write_text(cfg.to_json())
@@ -118,7 +125,7 @@ def main(argv: list[str]) -> int:
     if args.command == "export":
         out = export(pathlib.Path(args.run_dir), pathlib.Path(args.out), args.step)
         print(
-            f"wrote {out}/config.json, model.safetensors and the tokenizer: "
+            f"wrote {out}/config.json, model.safetensors, the tokenizer and the model card (README.md): "
             f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}) loads it"
         )
     else:

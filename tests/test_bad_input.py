@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from jaxllm import chat, evaluate, generate, hf, plan
+from jaxllm import inspect as inspect_command
 from jaxllm.bench import __main__ as bench
 from jaxllm.cli import run_main
 from jaxllm.data import __main__ as data
@@ -75,6 +76,9 @@ BAD_INPUTS = [
     ),
     (hf.main, ["export", "--run_dir={tmp}/corrupt_run", "--out={tmp}/out"], "cannot be read"),
     (hf.main, ["convert"], "invalid choice: 'convert'"),
+    (inspect_command.main, ["--run_dir={tmp}/empty_run"], "empty_run holds no checkpoints: pass a run directory"),
+    (inspect_command.main, ["--run_dir={tmp}/corrupt_run"], "cannot be read"),
+    (inspect_command.main, [], "the following arguments are required: --run_dir"),
     (plan.main, ["--flops=lots"], "--flops='lots': expected a positive number"),
     (plan.main, ["--budget=soon"], "--budget='soon': write a duration"),
     (plan.main, ["--budget=10m", "--flops=1e3"], "drop --flops"),
@@ -114,6 +118,7 @@ def test_bad_input_is_one_line_with_status_2_and_writes_nothing(main, argv, mess
     [
         (["-m", "jaxllm.train", "--mesh.data=3"], "uses 3 devices but 1 are available"),
         (["-m", "jaxllm.generate", "--run_dir=/nonexistent/run"], "holds no checkpoints"),
+        (["-m", "jaxllm.inspect", "--run_dir=/nonexistent/run"], "holds no checkpoints"),
     ],
 )
 def test_commands_exit_2_without_a_traceback(argv, message, tmp_path):

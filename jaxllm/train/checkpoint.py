@@ -1,4 +1,5 @@
-"""Orbax checkpoints of a run: the train state, plus a JSON item with the step, the config and the tokenizer.
+"""Orbax checkpoints of a run: the train state, plus a JSON item with the step, the config, the tokenizer and
+where the model came from (jaxllm.train.provenance).
 
 Each checkpoint is self-contained (the tokenizer file travels inside it, base64), so generation, evaluation and
 export need only the run directory. Saves are asynchronous and atomic: Orbax writes `<step>.orbax-checkpoint-tmp`
@@ -24,7 +25,7 @@ from jaxllm import kernels
 from jaxllm import tokenizer as tok
 from jaxllm.config import Config, ConfigError, ModelConfig, config_from_dict, diff, replace
 from jaxllm.model.transformer import abstract_model
-from jaxllm.train import lora
+from jaxllm.train import lora, provenance
 
 # Orbax warns "Given directory is read only" for every read-only manager, which generate, chat, evaluate and export
 # open on purpose: the line would head each command's output.
@@ -52,9 +53,20 @@ def save(
         "config": cfg.to_dict(),
         "tokenizer_name": tokenizer.path.name,
         "tokenizer_b64": base64.b64encode(tokenizer.path.read_bytes()).decode("ascii"),
+        "provenance": provenance.of_checkpoint(cfg, tokenizer.path, _start_meta(cfg.train.init_from)),
         **(extra or {}),
     }
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+
+def _start_meta(init_from: str) -> dict | None:
+    """The latest checkpoint's meta of the run that train.init_from names (None for none or a Hugging Face one)."""
+    if not init_from or init_from.startswith("hf:"):
+        return None
+    mngr = manager(pathlib.Path(init_from), read_only=True)
+    meta = read_meta(mngr)
+    mngr.close()
+    return meta
 
 
 def _unreadable(mngr: ocp.CheckpointManager, step: int, e: Exception) -> ConfigError:

@@ -1,4 +1,5 @@
-"""The training log: metrics.jsonl, and a progress line per interval with loss, rate, MFU and ETA."""
+"""The training log: metrics.jsonl and TensorBoard events, and a progress line per interval with loss, rate, MFU
+and ETA."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import time
 
 import numpy as np
 
+from jaxllm.train.event_file import EventFile
+
 
 def clock_from(started_at: float):
     """() -> seconds since started_at (seconds since the epoch): the clock a run's budget and time_s are on."""
@@ -16,15 +19,18 @@ def clock_from(started_at: float):
 
 
 class MetricsLog:
-    """metrics.jsonl (appended, so a resumed run continues it); written by process 0 only."""
+    """metrics.jsonl (appended, so a resumed run continues it) and the same records as TensorBoard scalars in an
+    event file beside it (jaxllm.train.event_file); written by process 0 only."""
 
     def __init__(self, path: pathlib.Path, enabled: bool):
         self.path, self.enabled = path, enabled
+        self.events = EventFile(pathlib.Path(path).parent)
 
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            self.events.write(record)
 
 
 def format_eta(seconds: float) -> str:
