@@ -9,13 +9,25 @@ from typing import Callable
 from jaxllm.config import ConfigError
 
 
+class Stopped(Exception):
+    """A command stopped early on purpose with its work saved (a run preempted by SIGTERM, or Ctrl-C): run_main
+    prints the message as one line and returns `status`."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 def run_main(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
-    """Calls main(argv); a ConfigError prints `error: <message>` and returns 2, Ctrl-C returns 130."""
+    """Calls main(argv); a ConfigError prints `error: <message>` and returns 2, Stopped its status, Ctrl-C 130."""
     try:
         return main(sys.argv[1:] if argv is None else argv)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(str(e), file=sys.stderr)
+        return e.status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

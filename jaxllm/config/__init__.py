@@ -107,7 +107,9 @@ class TrainConfig:
     eval_every: int = 250
     eval_batches: int = 8
     checkpoint_every: int = 250
-    keep_checkpoints: int = 2
+    checkpoint_minutes: float = 0.0  # also save when this much time passed since the last save (0: by steps only)
+    keep_checkpoints: int = 2  # the latest ones kept
+    keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0: none)
     peak_tflops: float = 0.0  # per device, for MFU; 0 measures a bf16/f32 matmul at start
     sample_prompt: str = "def "
     sample_tokens: int = 80
@@ -314,6 +316,11 @@ def validate(cfg: Config) -> Config:
         ),
         (t.eval_batches >= 1, f"train.eval_batches={t.eval_batches}: must be at least 1"),
         (t.keep_checkpoints >= 1, f"train.keep_checkpoints={t.keep_checkpoints}: must be at least 1"),
+        (
+            t.checkpoint_minutes >= 0 and t.keep_every >= 0,
+            f"train.checkpoint_minutes={t.checkpoint_minutes}, train.keep_every={t.keep_every}: must be >= 0 "
+            "(0 turns each off)",
+        ),
         (o.name in ("adamw", "muon"), f"optim.name={o.name!r}: use adamw or muon"),
         (o.lr > 0 and o.muon_lr > 0, f"optim.lr={o.lr}, optim.muon_lr={o.muon_lr}: must be positive"),
         (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio={o.min_lr_ratio}: must be in [0, 1]"),

@@ -32,8 +32,13 @@ from jaxllm.train import lora, provenance
 logging.getLogger("absl").addFilter(lambda record: not record.getMessage().startswith("Given directory is read only"))
 
 
-def manager(run_dir: pathlib.Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+def manager(
+    run_dir: pathlib.Path, keep: int = 2, read_only: bool = False, keep_every: int = 0
+) -> ocp.CheckpointManager:
+    """keep: the latest checkpoints kept; keep_every: besides them, every one whose step is a multiple of it."""
     saving = {"read_only": True, "max_to_keep": None, "save_interval_steps": 0} if read_only else {"max_to_keep": keep}
+    if keep_every and not read_only:
+        saving["keep_period"] = keep_every
     options = ocp.CheckpointManagerOptions(create=not read_only, **saving)
     return ocp.CheckpointManager(
         pathlib.Path(run_dir).resolve() / "checkpoints", options=options, item_names=("state", "meta")
@@ -177,7 +182,9 @@ RESUMABLE_FIELDS = (
     "train.eval_every",
     "train.eval_batches",
     "train.checkpoint_every",
+    "train.checkpoint_minutes",
     "train.keep_checkpoints",
+    "train.keep_every",
     "train.peak_tflops",
     "train.sample_prompt",
     "train.sample_tokens",

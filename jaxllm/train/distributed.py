@@ -8,9 +8,18 @@ there is none. It is not a launcher: starting one process per host is the cluste
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+
 import jax
+from jax._src import distributed as jax_distributed
 
 from jaxllm.config import ConfigError, DistributedConfig
+
+# The exit status of a process whose run lost a peer (sysexits' EX_UNAVAILABLE): restart every process, and the run
+# resumes from its latest checkpoint.
+EXIT_PEER_LOST = 69
 
 
 def initialize(cfg: DistributedConfig) -> None:
@@ -45,3 +54,43 @@ def initialize(cfg: DistributedConfig) -> None:
         # jax's own signal that no cluster environment was detected: this is a single-process run.
         if "coordinator_address" not in str(e):
             raise
+
+
+def lost_processes(wait_s: float = 3.0) -> list[int] | None:
+    """The processes the coordination service no longer counts as alive, or None when it does not say within
+    wait_s (it answers once every live process asks, or once the dead one missed its heartbeats: minutes); [0] when
+    the service itself is gone (it lives in process 0)."""
+    answer: list = []
+
+    def ask():
+        try:
+            answer.append(jax_distributed.global_state.client.get_live_nodes(list(range(jax.process_count()))))
+        except Exception:  # any failure to reach the service means that its host, process 0, is gone
+            answer.append(None)
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(wait_s)
+    if not answer:
+        return None
+    if answer[0] is None:
+        return [0]
+    return sorted(set(range(jax.process_count())) - set(answer[0]))
+
+
+def end_on_lost_peer(error: Exception, step: int) -> None:
+    """Ends this process at once when a multi-process run failed in a collective because a peer died: one line
+    naming the lost processes, exit status EXIT_PEER_LOST. A normal exit would wait in JAX's shutdown barrier for
+    the dead peer until the heartbeat timeout (minutes) and then abort."""
+    lost = lost_processes()
+    if not lost and jax.process_count() == 2:  # the service cannot tell yet, but there is only one other
+        lost = [1 - jax.process_index()]
+    who = f"process {', '.join(map(str, lost))}" if lost else "a peer process"
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    print(
+        f"error: process {jax.process_index()} lost contact with {who} after step {step} ({first}); restart every "
+        f"process with the same command to resume from the latest checkpoint",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(EXIT_PEER_LOST)

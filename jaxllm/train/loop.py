@@ -14,6 +14,7 @@ the schedule its checkpoint holds: its clock restarted, so it has no deadline to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import tempfile
@@ -26,6 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxllm import kernels, sharding
+from jaxllm.cli import Stopped
 from jaxllm.config import Config, ConfigError, parse_duration, replace
 from jaxllm.data.sources import check_sources
 from jaxllm.interop.hf import init_params
@@ -34,10 +36,11 @@ from jaxllm.model.accounting import flops_per_token, param_count
 from jaxllm.plots import plot_loss
 from jaxllm.scaling.budget import CHECKPOINT_S, find_law, steps_that_fit
 from jaxllm.scaling.budget import apply as apply_plan
-from jaxllm.train import budget, checkpoint, lora, optim, plan_report
+from jaxllm.train import budget, checkpoint, distributed, lora, optim, plan_report
 from jaxllm.train import step as step_lib
 from jaxllm.train.evaluation import evaluate
 from jaxllm.train.metrics import MetricsLog, Progress, clock_from
+from jaxllm.train.preemption import EXIT_PREEMPTED, Preemption
 from jaxllm.train.stage import Stage, pretraining
 
 
@@ -111,7 +114,7 @@ def run(
     if cfg.train.compile_only:
         return {"step": 0, "params": _n_params(abstract_state)}
     _write_config(cfg, run_dir)
-    mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints)
+    mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints, keep_every=cfg.train.keep_every)
     with jax.set_mesh(mesh):
         state = _restore_or_init(run_cfg, trainer, abstract_state, mngr, latest, say)
         deadline = None
@@ -264,28 +267,86 @@ def _train(
     done = int(state["step"])
     if stage.eval_extra and done == 0:  # where a stage's own figure starts (RL's pass@1: the starting model's)
         run_eval(0)
-    while done < end:
-        state, metrics = train_step(state, stage.train_batch(done, state))
-        done += 1
-        progress.step(done, metrics)
-        paused = time.perf_counter()
-        if done % t.eval_every == 0 and done != end:
-            run_eval(done)
-            if deadline:
-                deadline.eval_s = time.perf_counter() - paused
-        saving = time.perf_counter()
-        if done % t.checkpoint_every == 0 and done != end:
-            checkpoint.save(mngr, done, state, cfg, stage.tokenizer)
-            if deadline:
-                deadline.checkpoint_s = time.perf_counter() - saving
-        if deadline and done % t.log_every == 0 and done != end:
-            steered = _steer(deadline, t, done, progress.recent_step_s(STEER_WINDOW_S), clock)
-            if steered != end:
-                schedule = optim.reanchor(state["schedule"], done, steered)
-                state["schedule"] = jax.device_put(schedule, trainer.state_shardings["schedule"])
-                end = progress.steps = steered
-        progress.resume_clock(done)  # evaluation, checkpoint and steering time are not training time
+    saves = _Saves(t, cfg.posttrain.updates_per_sample)
+    with Preemption() as preemption, _peers_watched(lambda: done):
+        while done < end:
+            state, metrics = train_step(state, stage.train_batch(done, state))
+            done += 1
+            progress.step(done, metrics)
+            paused = time.perf_counter()
+            if done % t.eval_every == 0 and done != end:
+                run_eval(done)
+                if deadline:
+                    deadline.eval_s = time.perf_counter() - paused
+            saving = time.perf_counter()
+            stop = saves.stop_after(done, preemption)
+            if done != end and (stop or saves.due(done)):
+                checkpoint.save(mngr, done, state, cfg, stage.tokenizer)
+                saves.saved()
+                if deadline:
+                    deadline.checkpoint_s = time.perf_counter() - saving
+            if stop and done != end:
+                mngr.close()  # waits for the save to commit
+                raise Stopped(
+                    f"stopped at step {done} of {end} on {preemption.signal}: checkpoint "
+                    f"{run_dir / 'checkpoints' / str(done)} saved; rerun the same command to resume",
+                    EXIT_PREEMPTED,
+                )
+            if deadline and done % t.log_every == 0 and done != end:
+                steered = _steer(deadline, t, done, progress.recent_step_s(STEER_WINDOW_S), clock)
+                if steered != end:
+                    schedule = optim.reanchor(state["schedule"], done, steered)
+                    state["schedule"] = jax.device_put(schedule, trainer.state_shardings["schedule"])
+                    end = progress.steps = steered
+            progress.resume_clock(done)  # evaluation, checkpoint and steering time are not training time
     return state, run_eval(end), progress.steady_rate()
+
+
+@contextlib.contextmanager
+def _peers_watched(step: Callable[[], int]):
+    """In a multi-process run, an error in the loop (a collective failing because a peer died) ends this process
+    at once with a line naming the lost process (jaxllm.train.distributed.end_on_lost_peer)."""
+    try:
+        yield
+    except Stopped:
+        raise
+    except Exception as e:
+        if jax.process_count() > 1:
+            distributed.end_on_lost_peer(e, step())
+        raise
+
+
+class _Saves:
+    """When the loop saves: every checkpoint_every steps, when checkpoint_minutes passed since the last save, and
+    when a signal asks the run to stop. Only at steps a resume can start from (RL reuses a sample for
+    updates_per_sample steps); the time is process 0's, shared at log steps, so that every host saves alike."""
+
+    def __init__(self, t, updates_per_sample: int):
+        self.t, self.every = t, updates_per_sample
+        self.last = time.monotonic()
+        self.stopping: int | None = None  # the step a requested stop happens at
+
+    def due(self, done: int) -> bool:
+        if done % self.every:
+            return False
+        if done % self.t.checkpoint_every == 0:
+            return True
+        if not self.t.checkpoint_minutes or done % self.t.log_every:
+            return False
+        late = time.monotonic() - self.last >= 60 * self.t.checkpoint_minutes
+        if jax.process_count() > 1:
+            late = bool(multihost_utils.broadcast_one_to_all(np.int32(late)))
+        return late
+
+    def saved(self) -> None:
+        self.last = time.monotonic()
+
+    def stop_after(self, done: int, preemption: Preemption) -> bool:
+        """Whether the run stops after this step: at the first step a resume can start from once a stop was
+        asked (asked of every host at every step, as JAX's preemption sync requires)."""
+        if preemption.requested(done) and self.stopping is None:
+            self.stopping = -(-done // self.every) * self.every
+        return done == self.stopping
 
 
 def _finish(run_dir: pathlib.Path, final: dict, sample: str, say, plan: dict | None) -> dict:
