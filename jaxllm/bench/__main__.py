@@ -1,13 +1,17 @@
-"""`python -m jaxllm.bench {train,generate,speedrun}`: jaxllm against transformers on this machine, and a speedrun.
+"""`python -m jaxllm.bench {train,generate,speedrun,budget,serve,dedup}`: jaxllm against transformers on this
+machine, a speedrun, and near dedup.
 
   python -m jaxllm.bench train --compare=hf [--experiment=base --model.*=...] [--steps=5] [--rounds=3] [--out=F.json]
   python -m jaxllm.bench generate --compare=hf [--experiment=base ...] [--new_tokens=64] [--rounds=3] [--out=F.json]
   python -m jaxllm.bench speedrun --data=PATH/tinyshakespeare.txt [--target=1.88]
   python -m jaxllm.bench budget [--budget=10m] [--fixed=base_fixed|none]   # planned vs fixed vs compressors
+  python -m jaxllm.bench serve --run_dir=DIR [--compare=hf] [--concurrency=1,4,16,32] [--soak=1000]  # HTTP load
+  python -m jaxllm.bench dedup [--pairs=3000] [--docs=1000000]  # near dedup on planted pairs, driver memory
 
 Each prints its table, with the kernels and dtype `auto` chose here and why, and writes its result as JSON with
 the machine, versions, date and commit (default benchmarks/results/<command>-<machine>.json, which also
-regenerates benchmarks/README.md). --compare=hf needs the dev extra (torch, transformers).
+regenerates benchmarks/README.md; serve also writes its plot beside it, <out>.png). --compare=hf needs the dev
+extra (torch, transformers), serve the dev extra's httpx.
 """
 
 from __future__ import annotations
@@ -19,13 +23,30 @@ import sys
 import jax
 
 from jaxllm import machine
-from jaxllm.bench import results, runs
+from jaxllm.bench import results, runs, serve_report
 from jaxllm.bench.budget import bench_budget
+from jaxllm.bench.dedup import bench_dedup
 from jaxllm.cli import run_main
 from jaxllm.config import ConfigError, parse_cli
 
 FLAGS = ("compare", "steps", "warmup", "rounds", "out", "new_tokens", "data", "target", "budget", "fixed")
-COMMANDS = ("train", "generate", "speedrun", "budget")
+COMMANDS = ("train", "generate", "speedrun", "budget", "serve", "dedup")
+DEDUP_FLAGS = ("pairs", "docs")
+# `serve`'s own flags (jaxllm.bench.serve.bench_config reads them)
+SERVE_FLAGS = (
+    "run_dir",
+    "concurrency",
+    "requests",
+    "max_tokens",
+    "soak",
+    "soak_concurrency",
+    "disconnect",
+    "seed",
+    "slots",
+    "deadline",
+    "request_timeout",
+    "startup_timeout",
+)
 
 
 def main(argv: list[str]) -> int:
@@ -33,13 +54,15 @@ def main(argv: list[str]) -> int:
     os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     jax.config.update("jax_enable_compilation_cache", False)
     if not argv or argv[0] not in COMMANDS:
-        raise ConfigError(
-            "usage: python -m jaxllm.bench {train,generate,speedrun,budget} [--compare=hf] [--key=value ...]"
-        )
+        raise ConfigError(f"usage: python -m jaxllm.bench {{{','.join(COMMANDS)}}} [--compare=hf] [--key=value ...]")
     command, argv = argv[0], argv[1:]
-    cfg, flags = parse_cli(argv, allowed_flags=FLAGS)
+    cfg, flags = parse_cli(argv, allowed_flags=FLAGS + (SERVE_FLAGS if command == "serve" else ()) + DEDUP_FLAGS)
     out = pathlib.Path(flags["out"]) if flags.get("out") else results.default_path(command)
-    if command == "budget":
+    if command == "serve":
+        result = _serve(flags, out)
+    elif command == "dedup":
+        result = bench_dedup(int(flags.get("pairs", 3000)), int(flags.get("docs", 1_000_000)))
+    elif command == "budget":
         overrides = [a for a in argv if "." in a.partition("=")[0]]  # passed on to both training runs
         result = bench_budget(
             flags.get("budget", "10m"), flags.get("fixed", "base_fixed"), pathlib.Path("runs/bench/budget"), overrides
@@ -58,8 +81,23 @@ def main(argv: list[str]) -> int:
     print(f"on {machine.describe()}")
     print(results.TABLES[command](result))
     results.write(command, result, out)
-    print(f"\nwrote {out}")
+    print(f"\nwrote {out}" + (f" and {out.with_suffix('.png')}" if command == "serve" else ""))
     return 0
+
+
+def _serve(flags: dict[str, str], out: pathlib.Path) -> dict:
+    try:
+        from jaxllm.bench import serve  # noqa: PLC0415 (httpx, from the dev extra: needed by this command only)
+    except ImportError:
+        raise ConfigError("python -m jaxllm.bench serve needs httpx: pip install -e '.[dev]'") from None
+    compare = flags.get("compare", "")
+    bench = serve.bench_config(flags, compare)
+    if compare:
+        runs.setup_torch(compare)  # is transformers installed? (transformers serve runs in its own process)
+    result = serve.bench_serve(bench)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    serve_report.plot(result, out.with_suffix(".png"))
+    return result
 
 
 if __name__ == "__main__":

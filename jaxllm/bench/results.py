@@ -18,6 +18,8 @@ import jax
 
 from jaxllm import machine
 from jaxllm.bench.budget import budget_table
+from jaxllm.bench.dedup import dedup_table
+from jaxllm.bench.serve_report import serve_table
 
 RESULTS = pathlib.Path("benchmarks/results")
 TABLE = pathlib.Path("benchmarks/README.md")
@@ -115,7 +117,14 @@ def speedrun_table(result: dict) -> str:
     )
 
 
-TABLES = {"train": train_table, "generate": generate_table, "speedrun": speedrun_table, "budget": budget_table}
+TABLES = {
+    "train": train_table,
+    "generate": generate_table,
+    "speedrun": speedrun_table,
+    "budget": budget_table,
+    "serve": serve_table,
+    "dedup": dedup_table,
+}
 
 
 def write(command: str, result: dict, out: pathlib.Path) -> None:
