@@ -87,6 +87,8 @@ BAD_INPUTS = [
     (data.main, ["--data.sources=[]"], "data.sources is empty"),
     (data.main, ['--data.sources=["nothing:here"]'], "unknown data source 'nothing:here'"),
     (train.main, ['--data.sources=["jsonl:x.jsonl"]'], "expected jsonl:GLOB:FIELD"),
+    (data.main, ['--data.sources=["warc:crawl/*.warc.gz"]'], "data source warc:crawl/*.warc.gz: no file matches"),
+    (data.main, ['--data.sources=["site-packages:lots"]'], "'lots' is not a size in megabytes"),
     (bench.main, ["nonsense"], "usage: python -m jaxllm.bench {train,generate,speedrun,budget}"),
     (bench.main, ["budget", "--fixed=nope"], "unknown experiment 'nope'"),
     (bench.main, ["budget", "--budget=soon"], "--budget='soon'"),

@@ -19,6 +19,33 @@ class NormalizeConfig:
 
 
 @dataclass(frozen=True)
+class UrlFilterConfig:
+    """datatrove's URLFilter, which FineWeb ran on every crawl record before anything else, with the UT1 blocklist
+    (Université Toulouse 1 Capitole, its 'adult' category) that FineWeb used. That list holds millions of domains and
+    is a download, so only a few of its entries ship here: extend blocked_domains for a real crawl. The word lists are
+    short excerpts of datatrove's own (banned_words.txt, soft_banned_words.txt, banned_subwords.txt). Applies to
+    documents whose meta has a 'url' (web crawls); others pass."""
+
+    enabled: bool = True
+    # a domain and every subdomain of it
+    blocked_domains: tuple[str, ...] = (
+        "pornhub.com",
+        "xvideos.com",
+        "xnxx.com",
+        "xhamster.com",
+        "redtube.com",
+        "youporn.com",
+    )
+    # one of the URL's words (split at every character that is not a letter or digit, lower-cased) removes it
+    banned_words: tuple[str, ...] = ("porn", "porno", "xxx", "hentai", "nsfw", "milf", "livesex", "sexcam", "viagra")
+    # soft_word_threshold different ones among the URL's words remove it
+    soft_banned_words: tuple[str, ...] = ("sex", "sexy", "nude", "naked", "escort", "erotic", "webcam", "lingerie")
+    soft_word_threshold: int = 2
+    # anywhere in the URL's letters and digits, lower-cased (catches words run together, e.g. in domain names)
+    banned_subwords: tuple[str, ...] = ("pornhub", "xvideos", "youjizz", "brazzers", "chaturbate")
+
+
+@dataclass(frozen=True)
 class LangIdConfig:
     """Language identification of prose documents by py3langid's model (shipped inside its wheel), as FineWeb
     keeps English by fastText's language score (Penedo et al. 2024, section 3.2; datatrove
@@ -161,6 +188,7 @@ class PIIConfig:
 class CleanConfig:
     enabled: bool = True  # false: documents pass through untouched
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    url: UrlFilterConfig = field(default_factory=UrlFilterConfig)
     langid: LangIdConfig = field(default_factory=LangIdConfig)
     repetition: GopherRepetitionConfig = field(default_factory=GopherRepetitionConfig)
     quality: GopherQualityConfig = field(default_factory=GopherQualityConfig)

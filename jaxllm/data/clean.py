@@ -17,6 +17,7 @@ from jaxllm.config.clean import CleanConfig, NormalizeConfig
 from jaxllm.data import filters_prose, langid
 from jaxllm.data.dedup import MinHasher, exact_key
 from jaxllm.data.filters_code import code_profile
+from jaxllm.data.filters_url import url_filter
 from jaxllm.data.pii import scrub
 from jaxllm.data.report import Report
 from jaxllm.data.sources import Document
@@ -52,39 +53,45 @@ class Cleaner:
         self.cfg = cfg
         self.minhasher = MinHasher(cfg.dedup) if cfg.dedup.near else None
         c = cfg
-        # (stage, kind it applies to or None for all, enabled, (text, report) -> (rule that removes the document
-        # or None, new text[, (key, value) pairs for the document's meta])), in the order of report.STAGES.
+        # (stage, kind it applies to or None for all, enabled, (text, report, document as read) -> (rule that
+        # removes the document or None, new text[, (key, value) pairs for the document's meta])), in the order of
+        # report.STAGES.
         self.stages = (
             ("normalize", None, True, self._normalize),
+            ("url", None, c.url.enabled, self._url),
             ("langid", "prose", c.langid.enabled, self._langid),
             (
                 "gopher_repetition",
                 "prose",
                 c.repetition.enabled,
-                lambda t, r: (filters_prose.gopher_repetition(t, c.repetition), t),
+                lambda t, r, d: (filters_prose.gopher_repetition(t, c.repetition), t),
             ),
             (
                 "gopher_quality",
                 "prose",
                 c.quality.enabled,
-                lambda t, r: (filters_prose.gopher_quality(t, c.quality), t),
+                lambda t, r, d: (filters_prose.gopher_quality(t, c.quality), t),
             ),
-            ("c4", "prose", c.c4.enabled, lambda t, r: filters_prose.c4(t, c.c4)),
-            ("fineweb", "prose", c.fineweb.enabled, lambda t, r: (filters_prose.fineweb(t, c.fineweb), t)),
-            ("code", "code", c.code.enabled, lambda t, r: (code_profile(t, c.code), t)),
+            ("c4", "prose", c.c4.enabled, lambda t, r, d: filters_prose.c4(t, c.c4)),
+            ("fineweb", "prose", c.fineweb.enabled, lambda t, r, d: (filters_prose.fineweb(t, c.fineweb), t)),
+            ("code", "code", c.code.enabled, lambda t, r, d: (code_profile(t, c.code), t)),
             ("pii", None, c.pii.enabled, self._scrub),
         )
 
-    def _normalize(self, text: str, report: Report) -> tuple[str | None, str]:
+    def _normalize(self, text: str, report: Report, doc: Document) -> tuple[str | None, str]:
         text = normalize(text, self.cfg.normalize)
         return ("empty" if not text.strip() else None), text
 
-    def _langid(self, text: str, report: Report) -> tuple[str | None, str, tuple]:
+    def _url(self, text: str, report: Report, doc: Document) -> tuple[str | None, str]:
+        url = dict(doc.meta).get("url")
+        return (url_filter(url, self.cfg.url) if url else None), text
+
+    def _langid(self, text: str, report: Report, doc: Document) -> tuple[str | None, str, tuple]:
         language, score = langid.identify(text)
         report.languages[language] = report.languages.get(language, 0) + 1
         return langid.language_rule(language, score, self.cfg.langid), text, (("lang", language), ("lang_score", score))
 
-    def _scrub(self, text: str, report: Report) -> tuple[None, str]:
+    def _scrub(self, text: str, report: Report, doc: Document) -> tuple[None, str]:
         text, counts = scrub(text, self.cfg.pii)
         for kind, n in counts.items():
             report.pii[kind] += n
@@ -97,7 +104,7 @@ class Cleaner:
             if not enabled or kind not in (None, doc.kind):
                 report.passed(stage, size, size)
                 continue
-            rule, new_text, *found = apply(text, report)
+            rule, new_text, *found = apply(text, report, doc)
             if rule:
                 report.removed(stage, rule, doc.id, text, size)
                 return None

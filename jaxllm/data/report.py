@@ -18,6 +18,7 @@ import sys
 # stage counts every document, passing through unchanged those it does not apply to, so the stages chain.
 STAGES = (
     "normalize",
+    "url",
     "langid",
     "gopher_repetition",
     "gopher_quality",

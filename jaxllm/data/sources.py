@@ -5,6 +5,10 @@ Source strings (the `data.sources` config list):
                          download; kind 'code'
   stdlib-prose           the same files' prose: one document a module of its docstrings and comment blocks, and
                          one a help topic of `pydoc_data` (the language reference pages); kind 'prose'
+  site-packages[:MB]     every installed package's Python source ('code') and documentation (.md, .rst, .txt:
+                         'prose') under the running interpreter's site-packages, package metadata folders left out:
+                         a corpus of hundreds of MB that needs no download; with MB, only the first MB megabytes
+                         in path order
   file:PATH              one UTF-8 text file, one document (prepare holds out its last val_fraction by position)
   dir:PATH               every text file under PATH (suffixes in TEXT_SUFFIXES), sorted by relative path
   jsonl:GLOB:FIELD       JSON Lines files (.jsonl, .jsonl.gz, .jsonl.zst), one document a line, text in FIELD
@@ -13,9 +17,13 @@ Source strings (the `data.sources` config list):
                          a prepared TFDS dataset, every split, read through ArrayRecord without TensorFlow; the
                          text is the feature 'text' (or the only text feature); DATA_DIR defaults to TFDS's own
                          ($TFDS_DATA_DIR or ~/tensorflow_datasets) and may be a gs:// path on TPU VMs
+  warc:GLOB              web crawls: WARC files (.warc, .warc.gz; each HTML page's main text, extracted with
+                         trafilatura) and WET files (.warc.wet.gz; their text as it is), one document a record, with
+                         its URL and crawl date in `meta`; needs the web extra (pip install -e '.[web]'); see warc.py
 
 Kinds: files ending in a CODE_SUFFIXES suffix are 'code', others 'prose' (cleaning applies a profile to each);
-records from JSONL, Parquet and TFDS are 'prose' unless they carry a 'kind' field saying 'code'.
+records from JSONL, Parquet and TFDS are 'prose' unless they carry a 'kind' field saying 'code'; crawled pages are
+'prose'.
 Reading never raises for one bad input: an unreadable, undecodable or corrupt file (or record) is counted in
 `SourceStats` and skipped. A source naming nothing that exists is a configuration error.
 """
@@ -28,12 +36,14 @@ import glob
 import gzip
 import io
 import json
+import math
 import os
 import pathlib
 import sysconfig
 from typing import Iterator
 
 from jaxllm.config import ConfigError
+from jaxllm.data import warc
 
 CODE_SUFFIXES = frozenset(
     {
@@ -57,6 +67,7 @@ CODE_SUFFIXES = frozenset(
     }
 )
 TEXT_SUFFIXES = CODE_SUFFIXES | {".txt", ".md", ".rst", ".tex", ".html", ".org", ""}
+SITE_PACKAGES_SUFFIXES = frozenset({".py", ".md", ".rst", ".txt"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +182,52 @@ def stdlib_prose_documents(stats: SourceStats, root: pathlib.Path | None = None)
         return
     for name in sorted(topics):
         yield Document(id=f"stdlib-prose/pydoc_data/{name}", text=topics[name], origin="stdlib-prose")
+
+
+def site_packages_root() -> pathlib.Path:
+    return pathlib.Path(sysconfig.get_paths()["purelib"])
+
+
+def _site_packages_files(root: pathlib.Path) -> list[pathlib.Path]:
+    """Sources and documentation of the installed packages, sorted; *.dist-info and *.egg-info folders (licenses,
+    file lists, entry points) are metadata, not text, and left out."""
+    return [
+        path
+        for path in _walk(root, SITE_PACKAGES_SUFFIXES)
+        if not path.relative_to(root).parts[0].endswith((".dist-info", ".egg-info"))
+    ]
+
+
+def _megabytes(source: str, arg: str) -> float:
+    """The size cap of a site-packages:MB source in megabytes, infinite without one."""
+    try:
+        megabytes = float(arg) if arg else math.inf
+    except ValueError:
+        megabytes = math.nan
+    if not megabytes > 0:
+        raise ConfigError(
+            f"data source {source}: {arg!r} is not a size in megabytes; write site-packages, or site-packages:MB "
+            f"with a positive MB such as site-packages:100"
+        )
+    return megabytes
+
+
+def site_packages_documents(
+    stats: SourceStats, max_megabytes: float = math.inf, root: pathlib.Path | None = None
+) -> Iterator[Document]:
+    """The installed packages' files in sorted path order, until max_megabytes of text have been given; ids are
+    paths relative to site-packages."""
+    root = root or site_packages_root()
+    origin = "site-packages" if max_megabytes == math.inf else f"site-packages:{max_megabytes:g}"
+    remaining = max_megabytes * 1e6
+    for path in _site_packages_files(root):
+        if remaining <= 0:
+            return
+        rel = path.relative_to(root).as_posix()
+        text = _read_text(path, stats, rel)
+        if text is not None:
+            remaining -= len(text.encode("utf-8"))
+            yield Document(id=f"site-packages/{rel}", text=text, origin=origin, kind=_kind(path))
 
 
 def file_documents(path_str: str, stats: SourceStats) -> Iterator[Document]:
@@ -317,6 +374,13 @@ def tfds_documents(spec: str, stats: SourceStats) -> Iterator[Document]:
             )
 
 
+def warc_documents(pattern: str, stats: SourceStats) -> Iterator[Document]:
+    """One document a crawled record with text (see warc.py); ids are the file name and the WARC record id."""
+    for path in _glob("warc", pattern):
+        for record_id, text, meta in warc.read_records(path, stats):
+            yield Document(id=f"warc/{path.name}#{record_id}", text=text, origin=f"warc:{pattern}", meta=meta)
+
+
 def _two_parts(kind: str, arg: str, what: str) -> tuple[str, str]:
     pattern, sep, field = arg.rpartition(":")
     if not sep or not pattern or not field:
@@ -335,6 +399,10 @@ def input_paths(source: str) -> list[pathlib.Path]:
         return _walk(pathlib.Path(arg).expanduser(), TEXT_SUFFIXES)
     if kind in ("jsonl", "parquet") and ":" in arg:
         return sorted(pathlib.Path(p) for p in glob.glob(os.path.expanduser(arg.rpartition(":")[0]), recursive=True))
+    if kind == "warc":
+        return sorted(pathlib.Path(p) for p in glob.glob(os.path.expanduser(arg), recursive=True))
+    if kind == "site-packages":
+        return _site_packages_files(site_packages_root())
     return []
 
 
@@ -360,9 +428,16 @@ def check_sources(sources: tuple[str, ...]) -> None:
         if kind in ("jsonl", "parquet") and arg:
             _two_parts(kind, arg, "FIELD" if kind == "jsonl" else "COLUMN")
             continue
+        if kind == "site-packages":
+            _megabytes(source, arg)
+            continue
+        if kind == "warc" and arg:
+            warc.require_web_extra(source)
+            _glob(kind, arg)  # like a malformed source, before anything is printed or written
+            continue
         raise ConfigError(
-            f"unknown data source {source!r}: use stdlib, stdlib-prose, file:PATH, dir:PATH, "
-            f"jsonl:GLOB:FIELD, parquet:GLOB:COLUMN or tfds:NAME[/CONFIG][:VERSION][@DATA_DIR]"
+            f"unknown data source {source!r}: use stdlib, stdlib-prose, site-packages[:MB], file:PATH, dir:PATH, "
+            f"jsonl:GLOB:FIELD, parquet:GLOB:COLUMN, tfds:NAME[/CONFIG][:VERSION][@DATA_DIR] or warc:GLOB"
         )
 
 
@@ -382,5 +457,9 @@ def _documents_of(sources: tuple[str, ...], stats: SourceStats) -> Iterator[Docu
             yield from jsonl_documents(*_two_parts(kind, arg, "FIELD"), stats)
         elif kind == "parquet" and arg:
             yield from parquet_documents(*_two_parts(kind, arg, "COLUMN"), stats)
+        elif kind == "site-packages":
+            yield from site_packages_documents(stats, _megabytes(source, arg))
+        elif kind == "warc":
+            yield from warc_documents(arg, stats)
         else:  # tfds, the only form left (check_sources)
             yield from tfds_documents(arg, stats)
