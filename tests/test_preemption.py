@@ -26,6 +26,11 @@ def _losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
+def _accounts(run_dir) -> list[dict]:
+    """goodput.jsonl's records: each attempt's start, then its account if it ended by itself."""
+    return [json.loads(line) for line in (run_dir / "goodput.jsonl").read_text().splitlines()]
+
+
 def _steps(run_dir) -> list[int]:
     return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
 
@@ -81,6 +86,13 @@ def test_a_signal_saves_exits_75_and_the_rerun_resumes_exactly(setup, tmp_path, 
     status, err = _finish(_start(experiment, run_dir))
     assert status == 0, err[-2000:]
     assert _losses(run_dir) == alone
+    # two attempts, each with its account; nothing lost to the restart: the first saved where it stopped
+    starts, first, restart, second = _accounts(run_dir)
+    assert (starts["step"], first["step"], restart["step"], second["step"]) == (0, stopped[0], stopped[0], STEPS)
+    assert second["account"]["lost_steps"] == 0 and second["account"]["lost_s"] == 0
+    for account in (first["account"], second["account"]):
+        parts = sum(account[k] for k in ("startup_s", "compile_s", "data_s", "steps_s", "eval_s", "checkpoint_s"))
+        assert abs(parts - account["wall_s"]) < 1e-6 and 0 < account["goodput"] < 1
 
 
 @pytest.mark.slow
@@ -93,10 +105,15 @@ def test_kill_9_during_asynchronous_saves_leaves_a_checkpoint_that_resumes_exact
     process.wait()
     left = _steps(run_dir)
     assert left, "no committed checkpoint"
+    logged = max(_losses(run_dir))
     status, err = _finish(_start(experiment, run_dir))
     assert status == 0, err[-2000:]
     # steps logged after the checkpoint the rerun resumed from were logged again: the later record wins
     assert _losses(run_dir) == alone
+    # the killed attempt wrote no account; the rerun counts what it redid as lost to the restart
+    killed, restart, account = _accounts(run_dir)
+    assert "attempt_start" in killed and "attempt_start" in restart
+    assert account["account"]["lost_steps"] == logged - restart["step"] >= 0
 
 
 def test_time_based_saves_and_keep_every_beside_the_latest(setup, tmp_path):

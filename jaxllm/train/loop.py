@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import pathlib
 import tempfile
 import time
@@ -36,7 +37,7 @@ from jaxllm.model.accounting import flops_per_token, param_count
 from jaxllm.plots import plot_loss
 from jaxllm.scaling.budget import CHECKPOINT_S, find_law, steps_that_fit
 from jaxllm.scaling.budget import apply as apply_plan
-from jaxllm.train import budget, checkpoint, distributed, lora, optim, plan_report
+from jaxllm.train import budget, checkpoint, distributed, goodput, lora, optim, plan_report
 from jaxllm.train import step as step_lib
 from jaxllm.train.evaluation import evaluate
 from jaxllm.train.metrics import MetricsLog, Progress, clock_from
@@ -110,10 +111,17 @@ def run(
     trainer, abstract_state = step_lib.make_trainer(run_cfg, mesh, stage.loss_fn or step_lib.mean_loss)
     if cfg.posttrain.lora_rank:
         say(lora.summary(abstract_state["params"], abstract_state["frozen"], cfg.posttrain))
-    train_step = _compile(trainer, abstract_state, stage, mesh, say)
+    account = _start_account(run_dir, latest, stage, clock)
+    with account.timing("compile"):
+        train_step = _compile(trainer, abstract_state, stage, mesh, say)
     if cfg.train.compile_only:
         return {"step": 0, "params": _n_params(abstract_state)}
     _write_config(cfg, run_dir)
+    log = MetricsLog(run_dir / "metrics.jsonl", jax.process_index() == 0)
+    _append(
+        run_dir / GOODPUT_FILE,
+        {"step": latest or 0, "attempt_start": time.time(), "metrics_line": len(_records(run_dir))},
+    )
     mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints, keep_every=cfg.train.keep_every)
     with jax.set_mesh(mesh):
         state = _restore_or_init(run_cfg, trainer, abstract_state, mngr, latest, say)
@@ -124,7 +132,7 @@ def run(
             schedule = optim.reanchor(state["schedule"], int(state["step"]), cfg.train.steps)
             state["schedule"] = jax.device_put(schedule, trainer.state_shardings["schedule"])
         state, result, tokens_per_s = _train(
-            run_cfg, train_step, trainer, stage, state, mngr, mesh, run_dir, say, clock, deadline
+            run_cfg, train_step, trainer, stage, state, mngr, mesh, run_dir, say, clock, deadline, account
         )
         end = int(state["step"])
         final = {
@@ -138,12 +146,49 @@ def run(
         }
         if plan is not None:
             final["plan"] = plan_report.outcome(plan, final, clock() if latest is None else None)
-            MetricsLog(run_dir / "metrics.jsonl", jax.process_index() == 0).write(final["plan"])
-        checkpoint.save(mngr, end, state, cfg, stage.tokenizer, extra={"final": final})
-        mngr.wait_until_finished()
-        mngr.close()
-        sample = stage.sample(trainer.graphdef, trainer.model_params(state))
+            log.write(final["plan"])
+        with account.timing("checkpoint"):
+            checkpoint.save(mngr, end, state, cfg, stage.tokenizer, extra={"final": final})
+            mngr.wait_until_finished()
+            mngr.close()
+        with account.timing("eval"):
+            sample = stage.sample(trainer.graphdef, trainer.model_params(state))
+    final["goodput"] = _close_account(account, end, run_dir, stage, say)
     return _finish(run_dir, final, sample, say, plan)
+
+
+GOODPUT_FILE = "goodput.jsonl"
+
+
+def _start_account(run_dir: pathlib.Path, latest: int | None, stage: Stage, clock) -> goodput.Goodput:
+    """This attempt's time account; a resumed one counts the steps its predecessor computed past the checkpoint
+    it resumes from as lost."""
+    lost = (0, 0.0)
+    if latest:
+        lost = goodput.lost_to_restart(
+            _records(run_dir, GOODPUT_FILE), _records(run_dir), latest, stage.tokens_per_step
+        )
+    return goodput.Goodput(clock, latest or 0, *lost)
+
+
+def _records(run_dir: pathlib.Path, name: str = "metrics.jsonl") -> list[dict]:
+    path = run_dir / name
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _append(path: pathlib.Path, record: dict) -> None:
+    if jax.process_index() == 0:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _close_account(account: goodput.Goodput, step: int, run_dir: pathlib.Path, stage: Stage, say) -> dict:
+    """Writes this attempt's account to goodput.jsonl, prints it with the run's over its attempts, returns both."""
+    mine = account.record(step)
+    _append(run_dir / GOODPUT_FILE, {"step": step, "account": mine})
+    whole = goodput.run_goodput(_records(run_dir, GOODPUT_FILE), _records(run_dir), stage.tokens_per_step)
+    say(goodput.summary_line(mine, whole))
+    return {"attempt": mine, "run": whole}
 
 
 def _latest_checkpoint(cfg: Config, run_dir: pathlib.Path) -> tuple[int | None, dict | None]:
@@ -238,7 +283,18 @@ def _steer(deadline: _Deadline, t, done: int, step_s: float, clock) -> int:
 
 
 def _train(
-    cfg: Config, train_step, trainer, stage: Stage, state, mngr, mesh, run_dir: pathlib.Path, say, clock, deadline
+    cfg: Config,
+    train_step,
+    trainer,
+    stage: Stage,
+    state,
+    mngr,
+    mesh,
+    run_dir: pathlib.Path,
+    say,
+    clock,
+    deadline,
+    account: goodput.Goodput,
 ):
     """Steps from the state's step to its schedule's end, logging, evaluating and saving on their intervals, and
     steering the end to the deadline if there is one; returns the state, the final evaluation and the steady-state
@@ -252,6 +308,7 @@ def _train(
     at_peak = flops_per_token(cfg.model) * stage.tokens_per_step / peak
     progress = Progress(end, stage.tokens_per_step, at_peak, log, say, t.log_every, clock)
 
+    @account.timing("eval")
     def run_eval(s):
         params = trainer.model_params(state)
         result = evaluate(eval_step, params, stage.eval_batches, token_bytes)
@@ -270,9 +327,12 @@ def _train(
     saves = _Saves(t, cfg.posttrain.updates_per_sample)
     with Preemption() as preemption, _peers_watched(lambda: done):
         while done < end:
-            state, metrics = train_step(state, stage.train_batch(done, state))
-            done += 1
-            progress.step(done, metrics)
+            with account.timing("data"):
+                batch = stage.train_batch(done, state)
+            with account.timing("steps"):
+                state, metrics = train_step(state, batch)
+                done += 1
+                progress.step(done, metrics)
             paused = time.perf_counter()
             if done % t.eval_every == 0 and done != end:
                 run_eval(done)
@@ -281,12 +341,15 @@ def _train(
             saving = time.perf_counter()
             stop = saves.stop_after(done, preemption)
             if done != end and (stop or saves.due(done)):
-                checkpoint.save(mngr, done, state, cfg, stage.tokenizer)
+                with account.timing("checkpoint"):
+                    checkpoint.save(mngr, done, state, cfg, stage.tokenizer)
                 saves.saved()
                 if deadline:
                     deadline.checkpoint_s = time.perf_counter() - saving
             if stop and done != end:
-                mngr.close()  # waits for the save to commit
+                with account.timing("checkpoint"):
+                    mngr.close()  # waits for the save to commit
+                _close_account(account, done, run_dir, stage, say)
                 raise Stopped(
                     f"stopped at step {done} of {end} on {preemption.signal}: checkpoint "
                     f"{run_dir / 'checkpoints' / str(done)} saved; rerun the same command to resume",
