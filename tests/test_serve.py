@@ -4,6 +4,7 @@ own tests in a real browser (tests/test_serve_page.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -22,7 +23,7 @@ from flax import nnx
 from jaxllm.inference.generate import SamplingConfig, complete, generate_tokens
 from jaxllm.model.transformer import abstract_model
 from jaxllm.posttrain.chat_template import reply_prompt, stop_ids
-from jaxllm.serve.api import Server, app
+from jaxllm.serve.api import Mailbox, Server, app
 from jaxllm.serve.engine import Engine, QueueFull, Request
 from jaxllm.serve.text import TextStream
 from jaxllm.train.checkpoint import load_run
@@ -300,3 +301,19 @@ def test_a_late_short_request_finishes_before_an_early_long_one_with_unbatched_o
         alone = [int(t[0]) for t in generate_tokens(graphdef, params, cfg, [prompt], sampling, (), jax.random.key(5))]
         assert tokens == alone
     assert len(set(long_tokens)) > 3  # the check compares varied tokens, not one repeated
+
+
+def test_a_steps_events_reach_the_event_loop_in_one_callback_and_in_order():
+    loop = asyncio.new_event_loop()
+    callbacks = []
+    wake = loop.call_soon_threadsafe
+    loop.call_soon_threadsafe = lambda f, *args: (callbacks.append(f), wake(f, *args))
+    queues = [asyncio.Queue(), asyncio.Queue()]
+    mailbox = Mailbox(loop)
+    step = threading.Thread(target=lambda: [mailbox.put(queues[i % 2], i) for i in range(6)])
+    step.start()
+    step.join()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    assert len(callbacks) == 1
+    assert [[q.get_nowait() for _ in range(q.qsize())] for q in queues] == [[0, 2, 4], [1, 3, 5]]

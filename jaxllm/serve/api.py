@@ -8,9 +8,11 @@ nothing else changes: a request holds an engine slot only while its client is th
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import pathlib
 import secrets
+import threading
 import time
 from typing import AsyncIterator
 
@@ -69,12 +71,39 @@ def _integer(body: dict, name: str, default: int | None, low: int, high: int) ->
     return value
 
 
+class Mailbox:
+    """Hands events from the engine's thread to queues on the event loop, all those of one decoding step in one
+    loop callback: a callback per token (call_soon_threadsafe wakes the loop through a pipe each time) costs more
+    than the step itself at a few dozen streams."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.pending: collections.deque = collections.deque()
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def put(self, queue: asyncio.Queue, event) -> None:
+        with self.lock:
+            self.pending.append((queue, event))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            events, self.pending, self.scheduled = self.pending, collections.deque(), False
+        for queue, event in events:
+            queue.put_nowait(event)
+
+
 class Server:
     """The API's state: the engine, the tokenizer, the model's name and the optional API key."""
 
     def __init__(self, engine: Engine, tokenizer: Tokenizer, model_id: str, api_key: str | None = None):
         self.engine, self.tokenizer, self.model_id, self.api_key = engine, tokenizer, model_id, api_key
         self.context = engine.cfg.block_size
+        self.mailbox: Mailbox | None = None  # made on the server's event loop, by its first request
 
     # --- reading a request -------------------------------------------------------------------------------------
     async def _body(self, http: HTTPRequest, kind: str) -> dict:
@@ -155,10 +184,12 @@ class Server:
         """Submits one engine request per choice; events (index, text piece | None, finish reason | None) arrive on
         the queue from the engine's thread."""
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
-        requests = []
+        if self.mailbox is None or self.mailbox.loop is not loop:
+            self.mailbox = Mailbox(loop)
+        mailbox, requests = self.mailbox, []
         for index, c in enumerate(choices):
             text = TextStream(self.tokenizer, c.pop("stop"))
-            put = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+            put = lambda event: mailbox.put(events, event)
 
             def on_token(token, index=index, text=text, put=put):
                 piece, stopped = text.push(token)
@@ -251,12 +282,18 @@ class Server:
                     yield chunk(i, role=True)
             left = len(requests)
             while left:
-                index, piece, reason = await events.get()
-                if piece:
-                    yield chunk(index, piece)
-                if reason is not None:
-                    left -= 1
-                    yield chunk(index, reason=reason if reason in ("stop", "length") else "error")
+                ready = [await events.get()]
+                while not events.empty():  # what arrived meanwhile goes out in one write
+                    ready.append(events.get_nowait())
+                out = []
+                for index, piece, reason in ready:
+                    if piece:
+                        out.append(chunk(index, piece))
+                    if reason is not None:
+                        left -= 1
+                        out.append(chunk(index, reason=reason if reason in ("stop", "length") else "error"))
+                if out:
+                    yield "".join(out)
             if include_usage:
                 usage = self._usage(prompt_tokens, requests)
                 yield f"data: {json.dumps({**meta, 'object': obj, 'choices': [], 'usage': usage})}\n\n"
