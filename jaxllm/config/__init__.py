@@ -74,6 +74,11 @@ class DataConfig:
     tokenizer_train_bytes: int = 12_000_000  # sample of the training split the tokenizer learns from
     cache_dir: str = "runs/.prepared"  # prepared data lives in cache_dir/<hash of these settings>
     clean: CleanConfig = field(default_factory=CleanConfig)
+    # Where cleaning runs: 'local' (a process pool) | 'ray' (pip install -e '.[ray]'). Both give the same bytes, so
+    # these three are not part of the cache key. ray_address '' starts a local cluster, else joins it ('auto').
+    engine: str = "local"
+    ray_address: str = ""
+    workers: int = 0  # cleaning processes (local) or Ray actors; 0: every CPU of this machine or of the cluster
 
 
 @dataclass(frozen=True)
@@ -281,6 +286,12 @@ def validate(cfg: Config) -> Config:
         ),
         (cfg.data.tokenizer in ("bpe", "char", "hf"), f"data.tokenizer={cfg.data.tokenizer!r}: use bpe or char"),
         (0 < cfg.data.val_fraction < 1, f"data.val_fraction={cfg.data.val_fraction}: must be between 0 and 1"),
+        (cfg.data.engine in ("local", "ray"), f"data.engine={cfg.data.engine!r}: use local or ray"),
+        (
+            cfg.data.engine == "ray" or not cfg.data.ray_address,
+            f"data.ray_address={cfg.data.ray_address!r} is for --data.engine=ray: add it or drop the address",
+        ),
+        (cfg.data.workers >= 0, f"data.workers={cfg.data.workers}: must be >= 0 (0: every CPU)"),
         (len(cfg.data.sources) >= 1, "data.sources is empty: name at least one source, e.g. '[\"stdlib\"]'"),
         (pt.stage in ("", "sft", "dpo", "rl"), f"posttrain.stage={pt.stage!r}: use '' (pretraining), sft, dpo or rl"),
         (

@@ -1,25 +1,28 @@
 """The cleaning pipeline over a stream of documents: clean in worker processes, dedup the whole corpus, report.
 
-Two passes. First, documents are cut into chunks (about 1 MB) and cleaned by a pool of `workers` processes, with
-at most two chunks per worker in flight; the parent takes the results in input order, writes the cleaned
-documents to a temporary spill file and hands each one's exact key and MinHash signature to the dedup driver
-(dedup.DedupIndex: 17 bytes of memory per document, at most about 66 while deciding). Once the corpus is
-through, dedup decides which document of each group to keep (the lowest input index); the second pass reads the
-spill back in order and yields the kept ones. Memory stays bounded whatever the corpus size, and the output and
-the report depend on the input order alone, not on the number of workers. Workers are spawned, not forked: the
-caller may already have started JAX, whose threads do not survive a fork.
+Two passes. First, documents are cut into chunks (about 1 MB) and an engine maps Cleaner.clean_chunk over them:
+the local one (clean_locally) a pool of `workers` processes with at most two chunks per worker in flight, the Ray
+one (engine_ray.py) actors of a Ray cluster. The engine is the only part that differs: the parent takes the
+results in input order, writes the cleaned documents to a
+temporary spill file and hands each one's exact key and MinHash signature to the dedup driver (dedup.DedupIndex:
+17 bytes of memory per document, at most about 66 while deciding). Once the corpus is through, dedup decides which
+document of each group to keep (the lowest input index); the second pass reads the spill back in order and yields
+the kept ones. Memory stays bounded whatever the corpus size, and the output and the report depend on the input
+order alone, not on the engine or its number of workers. Local workers are spawned, not forked: the caller may
+already have started JAX, whose threads do not survive a fork.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import multiprocessing
 import os
 import pickle
 import sys
 import tempfile
 import time
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 from jaxllm.config.clean import CleanConfig
 from jaxllm.data.clean import Cleaned, Cleaner
@@ -30,6 +33,10 @@ from jaxllm.data.sources import Document, SourceStats
 CHUNK_DOCS = 256
 CHUNK_BYTES = 1 << 20
 PROGRESS_EVERY_S = 5.0
+
+CleanedChunk = tuple[list[Cleaned], Report]
+# An engine: (chunks, cfg) -> Cleaner(cfg).clean_chunk of each chunk, in input order, wherever it runs.
+Engine = Callable[[Iterable[list[Document]], CleanConfig], Iterator[CleanedChunk]]
 
 
 def _chunks(docs: Iterable[Document]) -> Iterator[list[Document]]:
@@ -52,19 +59,21 @@ def _init_worker(cfg: CleanConfig) -> None:
     _worker_cleaner = Cleaner(cfg)
 
 
-def _clean_in_worker(chunk: list[Document]) -> tuple[list[Cleaned], Report]:
+def _clean_in_worker(chunk: list[Document]) -> CleanedChunk:
     return _worker_cleaner.clean_chunk(chunk)
 
 
-def _cleaned_chunks(docs: Iterable[Document], cfg: CleanConfig, workers: int) -> Iterator[tuple[list[Cleaned], Report]]:
+def clean_locally(chunks: Iterable[list[Document]], cfg: CleanConfig, workers: int) -> Iterator[CleanedChunk]:
+    """The local engine: Cleaner.clean_chunk over the chunks in a pool of `workers` spawned processes (in this
+    process for one), at most two chunks per worker in flight, results in input order."""
     if workers <= 1:
         cleaner = Cleaner(cfg)
-        yield from map(cleaner.clean_chunk, _chunks(docs))
+        yield from map(cleaner.clean_chunk, chunks)
         return
     # Leaving the `with` (end, error, or the consumer dropping this generator) terminates the workers.
     with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (cfg,)) as pool:
         pending = collections.deque()
-        for chunk in _chunks(docs):
+        for chunk in chunks:
             pending.append(pool.apply_async(_clean_in_worker, (chunk,)))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().get()
@@ -75,7 +84,7 @@ def _cleaned_chunks(docs: Iterable[Document], cfg: CleanConfig, workers: int) ->
 def _clean_and_spill(
     docs: Iterable[Document],
     cfg: CleanConfig,
-    workers: int,
+    engine: Engine,
     report: Report,
     progress: bool,
     spill: IO[bytes],
@@ -84,7 +93,7 @@ def _clean_and_spill(
     """First pass: cleaning counts into report, cleaned (document, bytes) chunks pickled into spill, dedup keys
     into index."""
     start = last_print = time.perf_counter()
-    for cleaned, chunk_report in _cleaned_chunks(docs, cfg, workers):
+    for cleaned, chunk_report in engine(_chunks(docs), cfg):
         report.merge(chunk_report)
         pickle.dump([(c.doc, c.n_bytes) for c in cleaned], spill, pickle.HIGHEST_PROTOCOL)
         index.add([c.exact_key for c in cleaned], [c.signature for c in cleaned])
@@ -144,18 +153,24 @@ def iter_clean(
     report: Report,
     progress: bool = True,
     spill_dir: str | os.PathLike | None = None,
+    engine: Engine | None = None,
 ) -> Iterator[Document]:
     """Cleaned, deduplicated documents in input order, once the whole input is cleaned (the first pass runs at
     the first `next`); `report` is complete once the iterator is exhausted. The temporary files (the cleaned
-    documents and their signatures) go to spill_dir, the system's default when None, and are gone on return."""
+    documents and their signatures) go to spill_dir, the system's default when None, and are gone on return.
+    engine None is the local one with `workers` processes; another engine says how many workers it has."""
     report.workers = max(workers, 1)
+    engine = engine or functools.partial(clean_locally, workers=workers)
     start = time.perf_counter()
     index = DedupIndex(cfg.dedup, spill_dir)
     try:
         with tempfile.TemporaryFile(prefix="cleaned-", dir=spill_dir) as spill:
-            _clean_and_spill(docs, cfg, workers, report, progress, spill, index)
+            _clean_and_spill(docs, cfg, engine, report, progress, spill, index)
             if progress:
                 print(f"[data] dedup over {index.n:,} cleaned documents", file=sys.stderr, flush=True)
+            # Dedup's decision stays here on every engine: its memory is small and stated (above). Past one machine,
+            # band_rows/candidate_edges/verify_edges would run as engine tasks and join_components as hash-to-min
+            # rounds over the edges (min label per component, the lowest index kept), replacing this call.
             verdicts = index.verdicts(report.max_examples)
             yield from _dedup_pass(spill, verdicts, report)
     finally:
@@ -170,13 +185,14 @@ def clean_corpus(
     progress: bool = True,
     source_stats: SourceStats | None = None,
     spill_dir: str | os.PathLike | None = None,
+    engine: Engine | None = None,
 ) -> tuple[list[Document], Report]:
     """All cleaned documents and the finished report (pass the sources' stats to have them in the report).
 
     With cfg.enabled false the documents come back unchanged and the report counts nothing.
     """
     report = Report(cfg.examples)
-    kept = list(iter_clean(docs, cfg, workers, report, progress, spill_dir)) if cfg.enabled else list(docs)
+    kept = list(iter_clean(docs, cfg, workers, report, progress, spill_dir, engine)) if cfg.enabled else list(docs)
     if source_stats is not None:
         report.sources = {
             "files_read": source_stats.files_read,

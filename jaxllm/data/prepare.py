@@ -4,11 +4,14 @@ shards, cached by content.
 The prepared directory is `data.cache_dir/<key>`, where the key hashes every setting that shapes the result, a
 fingerprint of the inputs (sizes and modification times) and the preparing code itself, so changed inputs,
 settings or code prepare anew and unchanged ones are reused. Everything is written into a temporary directory
-renamed into place at the end: an interrupted preparation leaves nothing a later run would trust.
+renamed into place at the end: an interrupted preparation leaves nothing a later run would trust. The engine that
+cleans (data.engine: local or Ray) changes where the work runs, never the bytes: it is not part of the key or the
+manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -18,13 +21,14 @@ import pathlib
 import shutil
 import sys
 import time
+from typing import Iterator
 
 import numpy as np
 
 from jaxllm import tokenizer as tok
-from jaxllm.config import Config, ConfigError
+from jaxllm.config import Config, ConfigError, DataConfig
 from jaxllm.data import shards
-from jaxllm.data.pipeline import clean_corpus
+from jaxllm.data.pipeline import Engine, clean_corpus
 from jaxllm.data.sources import Document, SourceStats, check_sources, input_paths, iter_documents, stdlib_root
 
 
@@ -83,10 +87,17 @@ def _input_fingerprint(sources: tuple[str, ...]) -> list:
     return out
 
 
+ENGINE_SETTINGS = ("engine", "ray_address", "workers")  # how the data is prepared, not what it is
+
+
+def _data_settings(data: DataConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(data).items() if k not in ENGINE_SETTINGS}
+
+
 def cache_key(cfg: Config) -> str:
     settings = {
         "code": code_version(),
-        "data": dataclasses.asdict(cfg.data) | {"cache_dir": None},
+        "data": _data_settings(cfg.data) | {"cache_dir": None},
         "vocab_size": cfg.model.vocab_size,
         "inputs": _input_fingerprint(cfg.data.sources),
     }
@@ -98,16 +109,41 @@ def _say(progress: bool, message: str) -> None:
         print(f"[data] {message}", flush=True)
 
 
+def _ray_engine_module():
+    try:
+        from jaxllm.data import engine_ray  # noqa: PLC0415 (Ray is an optional extra)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "ray":
+            raise
+        raise ConfigError("data.engine=ray needs Ray, which is not installed: pip install -e '.[ray]'") from None
+    return engine_ray
+
+
+@contextlib.contextmanager
+def _engine(data: DataConfig, progress: bool) -> Iterator[tuple[Engine | None, int]]:
+    """The cleaning engine the settings name (None: the local one) and its number of workers, while inside."""
+    if data.engine == "local":
+        yield None, data.workers or os.cpu_count() or 1
+        return
+    engine_ray = _ray_engine_module()
+    with engine_ray.cluster(data.ray_address) as cpus:
+        workers = min(data.workers or cpus, cpus)  # an actor takes a CPU: more would wait forever
+        _say(progress, f"cleaning on Ray: {workers} actors on a cluster of {cpus} CPUs")
+        yield functools.partial(engine_ray.clean_on_ray, workers=workers), workers
+
+
 def _collect(cfg: Config, out: pathlib.Path, progress: bool) -> tuple[list[Document], list[Document], dict]:
     stats = SourceStats()
-    docs, report = clean_corpus(
-        iter_documents(cfg.data.sources, stats),
-        cfg.data.clean,
-        os.cpu_count() or 1,
-        progress,
-        source_stats=stats,
-        spill_dir=out,  # the cleaning pass's temporary files on the cache's disk, unnamed: gone when it ends
-    )
+    with _engine(cfg.data, progress) as (engine, workers):
+        docs, report = clean_corpus(
+            iter_documents(cfg.data.sources, stats),
+            cfg.data.clean,
+            workers,
+            progress,
+            source_stats=stats,
+            spill_dir=out,  # the cleaning pass's temporary files on the cache's disk, unnamed: gone when it ends
+            engine=engine,
+        )
     report.write(out)
     if progress:
         report.print_table()
@@ -190,7 +226,7 @@ def _build(cfg: Config, tmp: pathlib.Path, progress: bool) -> dict:
         )
     return {
         "code_version": code_version(),
-        "data": dataclasses.asdict(cfg.data),
+        "data": _data_settings(cfg.data),
         "vocab_size": tokenizer.vocab_size,
         "tokenizer_file": tokenizer.path.name,
         "tokenizer_sha256": hashlib.sha256(tokenizer.path.read_bytes()).hexdigest(),
@@ -216,6 +252,8 @@ def prepare(cfg: Config, progress: bool = True) -> Prepared:
             "with: post-train the imported run (sft, dpo, rl) with --posttrain.text_mix=0, or pretrain a bpe run"
         )
     check_sources(cfg.data.sources)
+    if cfg.data.engine == "ray":
+        _ray_engine_module()  # a missing extra fails before any work
     root = pathlib.Path(cfg.data.cache_dir)
     final = root / cache_key(cfg)
     if (final / "manifest.json").is_file():

@@ -1,0 +1,104 @@
+"""Engines agree: the Ray engine prepares the same bytes as the local one, from the library and the command line.
+
+One local Ray cluster of 2 CPUs serves the whole module (starting one takes seconds)."""
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import ray
+
+import jaxllm.data
+from jaxllm.cli import run_main
+from jaxllm.data import __main__ as data_command
+from jaxllm.data import pipeline
+from jaxllm.data.prepare import cache_key, prepare
+from tests.conftest import tiny_config
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TIMINGS = {"report.json": ("seconds", "docs_per_second", "workers"), "manifest.json": ("seconds",)}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _contents(directory: pathlib.Path) -> dict[str, object]:
+    """Every file of a prepared directory: bytes, or for the two JSON files their content less the timings."""
+    out = {}
+    for path in sorted(directory.iterdir()):
+        if path.name in TIMINGS:
+            out[path.name] = {k: v for k, v in json.loads(path.read_text()).items() if k not in TIMINGS[path.name]}
+        else:
+            out[path.name] = path.read_bytes()
+    return out
+
+
+def _replace(cfg, **data):
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
+
+
+def test_ray_and_local_engines_prepare_identical_bytes(ray_cluster, tiny_corpus, tmp_path, monkeypatch, capsys):
+    # Chunks of 3 documents: the 2 actors each clean several chunks, so results arrive out of order to be reordered.
+    monkeypatch.setattr(pipeline, "CHUNK_DOCS", 3)
+    local_cfg = _replace(tiny_config(tiny_corpus, tmp_path / "cache"), workers=2)
+    ray_cfg = _replace(local_cfg, engine="ray")
+    assert cache_key(ray_cfg) == cache_key(local_cfg)
+    local = prepare(local_cfg, progress=False).dir
+    local = local.rename(tmp_path / "local")
+    ray_dir = prepare(ray_cfg, progress=True).dir
+    assert "cleaning on Ray: 2 actors on a cluster of 2 CPUs" in capsys.readouterr().out
+    assert ray_dir.name == cache_key(local_cfg)
+    local_files, ray_files = _contents(local), _contents(ray_dir)
+    assert sorted(ray_files) == sorted(
+        ["manifest.json", "report.json", "report.png", "tokenizer.model"]
+        + [f"{split}{ext}" for split in ("train", "val") for ext in (".bin", ".json", ".offsets.npy")]
+    )
+    assert ray_files == local_files
+    report = ray_files["report.json"]
+    assert report["stages"]["normalize"]["docs_in"] == len(list(tiny_corpus.iterdir()))
+    assert report["stages"]["near_dedup"]["docs_out"] == len(ray_files["manifest.json"]["sources"]["documents"])
+
+
+@pytest.mark.slow  # a second process importing jaxllm and Ray
+def test_command_line_joins_a_running_cluster_by_address(ray_cluster, tiny_corpus, tmp_path):
+    """python -m jaxllm.data --data.engine=ray --data.ray_address=ADDRESS, in its own process."""
+    argv = [
+        f'--data.sources=["dir:{tiny_corpus}"]',
+        f"--data.cache_dir={tmp_path}",
+        "--data.engine=ray",
+        f"--data.ray_address={ray_cluster}",
+        "--data.val_fraction=0.15",
+        "--model.vocab_size=512",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxllm.data", "--experiment=base", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cleaning on Ray: 2 actors on a cluster of 2 CPUs" in proc.stdout
+    (prepared,) = [p for p in tmp_path.iterdir() if (p / "manifest.json").is_file()]
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    assert "engine" not in manifest["data"] and manifest["data"]["sources"] == [f"dir:{tiny_corpus}"]
+
+
+def test_missing_ray_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    monkeypatch.delitem(sys.modules, "jaxllm.data.engine_ray", raising=False)
+    monkeypatch.delattr(jaxllm.data, "engine_ray", raising=False)
+    status = run_main(data_command.main, ["--data.engine=ray", f"--data.cache_dir={tmp_path}/cache"])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    assert err == "error: data.engine=ray needs Ray, which is not installed: pip install -e '.[ray]'\n"
+    assert list(tmp_path.iterdir()) == []
