@@ -1,5 +1,5 @@
-"""`python -m jaxllm.bench {train,generate,speedrun,budget,serve,dedup}`: jaxllm against transformers on this
-machine, a speedrun, and near dedup.
+"""`python -m jaxllm.bench {train,generate,speedrun,budget,serve,dedup,resilience}`: jaxllm against transformers on
+this machine, a speedrun, near dedup, and runs that get preempted.
 
   python -m jaxllm.bench train --compare=hf [--experiment=base --model.*=...] [--steps=5] [--rounds=3] [--out=F.json]
   python -m jaxllm.bench generate --compare=hf [--experiment=base ...] [--new_tokens=64] [--rounds=3] [--out=F.json]
@@ -7,6 +7,7 @@ machine, a speedrun, and near dedup.
   python -m jaxllm.bench budget [--budget=10m] [--fixed=base_fixed|none]   # planned vs fixed vs compressors
   python -m jaxllm.bench serve --run_dir=DIR [--compare=hf] [--concurrency=1,4,16,32] [--soak=1000]  # HTTP load
   python -m jaxllm.bench dedup [--pairs=3000] [--docs=1000000]  # near dedup on planted pairs, driver memory
+  python -m jaxllm.bench resilience [--trials_term=20] [--trials_kill=10] [--seed=0] [--rounds=3]  # preemption
 
 Each prints its table, with the kernels and dtype `auto` chose here and why, and writes its result as JSON with
 the machine, versions, date and commit (default benchmarks/results/<command>-<machine>.json, which also
@@ -26,12 +27,14 @@ from jaxllm import machine
 from jaxllm.bench import results, runs, serve_report
 from jaxllm.bench.budget import bench_budget
 from jaxllm.bench.dedup import bench_dedup
+from jaxllm.bench.resilience import bench_resilience, trial_counts
 from jaxllm.cli import run_main
 from jaxllm.config import ConfigError, parse_cli
 
 FLAGS = ("compare", "steps", "warmup", "rounds", "out", "new_tokens", "data", "target", "budget", "fixed")
-COMMANDS = ("train", "generate", "speedrun", "budget", "serve", "dedup")
+COMMANDS = ("train", "generate", "speedrun", "budget", "serve", "dedup", "resilience")
 DEDUP_FLAGS = ("pairs", "docs")
+RESILIENCE_FLAGS = ("trials_term", "trials_kill", "seed")
 # `serve`'s own flags (jaxllm.bench.serve.bench_config reads them)
 SERVE_FLAGS = (
     "run_dir",
@@ -56,12 +59,16 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in COMMANDS:
         raise ConfigError(f"usage: python -m jaxllm.bench {{{','.join(COMMANDS)}}} [--compare=hf] [--key=value ...]")
     command, argv = argv[0], argv[1:]
-    cfg, flags = parse_cli(argv, allowed_flags=FLAGS + (SERVE_FLAGS if command == "serve" else ()) + DEDUP_FLAGS)
+    own = {"serve": SERVE_FLAGS, "resilience": RESILIENCE_FLAGS}.get(command, ())
+    cfg, flags = parse_cli(argv, allowed_flags=FLAGS + own + DEDUP_FLAGS)
     out = pathlib.Path(flags["out"]) if flags.get("out") else results.default_path(command)
     if command == "serve":
         result = _serve(flags, out)
     elif command == "dedup":
         result = bench_dedup(int(flags.get("pairs", 3000)), int(flags.get("docs", 1_000_000)))
+    elif command == "resilience":
+        rounds = int(flags.get("rounds", 3))
+        result = bench_resilience(*trial_counts(flags), rounds, pathlib.Path("runs/bench/resilience"))
     elif command == "budget":
         overrides = [a for a in argv if "." in a.partition("=")[0]]  # passed on to both training runs
         result = bench_budget(

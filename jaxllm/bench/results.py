@@ -19,6 +19,7 @@ import jax
 from jaxllm import machine
 from jaxllm.bench.budget import budget_table
 from jaxllm.bench.dedup import dedup_table
+from jaxllm.bench.resilience import resilience_table
 from jaxllm.bench.serve_report import serve_table
 
 RESULTS = pathlib.Path("benchmarks/results")
@@ -124,6 +125,7 @@ TABLES = {
     "budget": budget_table,
     "serve": serve_table,
     "dedup": dedup_table,
+    "resilience": resilience_table,
 }
 
 
