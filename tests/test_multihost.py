@@ -29,32 +29,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one(tiny_corpus, tmp_path):
-    cfg = tiny_config(tiny_corpus, tmp_path / "cache", steps=4, log_every=1, batch_size=8)
-    experiment = tmp_path / "tiny_multihost.py"
-    experiment.write_text(
+def _experiment(cfg, path):
+    path.write_text(
         "import json\nfrom jaxllm.config import config_from_dict\n\n"
         f"def config():\n    return config_from_dict(json.loads({cfg.to_json()!r}))\n"
     )
-    command = [sys.executable, "-m", "jaxllm.train", f"--experiment={experiment}", *MESH]
+    return path
 
-    # One process, 8 devices; it also prepares the data both later processes then reuse.
-    single = subprocess.run(
-        [*command, f"--run_dir={tmp_path / 'one'}"], env=env(8), cwd=REPO, capture_output=True, text=True, timeout=300
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
 
+def _two_processes(experiment, run_dir) -> list[subprocess.Popen]:
+    """`python -m jaxllm.train` as processes 0 and 1 of one run (4 devices each), coordinated on 127.0.0.1."""
     port = _free_port()
-    procs = [
+    return [
         subprocess.Popen(
             [
-                *command,
-                f"--run_dir={tmp_path / 'two'}",
+                sys.executable,
+                "-m",
+                "jaxllm.train",
+                f"--experiment={experiment}",
+                *MESH,
+                f"--run_dir={run_dir}",
                 f"--distributed.coordinator=127.0.0.1:{port}",
                 "--distributed.num_processes=2",
                 f"--distributed.process_id={i}",
-                "--distributed.timeout_s=60",
             ],
             env=env(4),
             cwd=REPO,
@@ -64,6 +61,21 @@ def test_two_processes_match_one(tiny_corpus, tmp_path):
         )
         for i in range(2)
     ]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tiny_corpus, tmp_path):
+    cfg = tiny_config(tiny_corpus, tmp_path / "cache", steps=4, log_every=1, batch_size=8)
+    experiment = _experiment(cfg, tmp_path / "tiny_multihost.py")
+    command = [sys.executable, "-m", "jaxllm.train", f"--experiment={experiment}", *MESH]
+
+    # One process, 8 devices; it also prepares the data both later processes then reuse.
+    single = subprocess.run(
+        [*command, f"--run_dir={tmp_path / 'one'}"], env=env(8), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    procs = _two_processes(experiment, tmp_path / "two")
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
@@ -85,37 +97,9 @@ def test_a_dead_peer_ends_the_other_process_at_once_and_a_restart_resumes_exactl
         tiny_corpus, tmp_path / "cache", steps=40, log_every=1, batch_size=8, eval_every=40, checkpoint_every=20
     )
     prepare(cfg, progress=False)  # both processes then reuse it
-    experiment = tmp_path / "tiny_dead_peer.py"
-    experiment.write_text(
-        "import json\nfrom jaxllm.config import config_from_dict\n\n"
-        f"def config():\n    return config_from_dict(json.loads({cfg.to_json()!r}))\n"
-    )
+    experiment = _experiment(cfg, tmp_path / "tiny_dead_peer.py")
 
-    def start() -> list[subprocess.Popen]:
-        port = _free_port()
-        return [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "jaxllm.train",
-                    f"--experiment={experiment}",
-                    *MESH,
-                    f"--run_dir={tmp_path / 'run'}",
-                    f"--distributed.coordinator=127.0.0.1:{port}",
-                    "--distributed.num_processes=2",
-                    f"--distributed.process_id={i}",
-                ],
-                env=env(4),
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for i in range(2)
-        ]
-
-    procs = start()
+    procs = _two_processes(experiment, tmp_path / "run")
     try:
         for line in procs[0].stdout:  # wait until both processes are stepping together, past the checkpoint
             if line.startswith("step 30/"):
@@ -134,7 +118,7 @@ def test_a_dead_peer_ends_the_other_process_at_once_and_a_restart_resumes_exactl
     before = _losses(tmp_path / "run")
     assert len(before) >= 30
 
-    procs = start()
+    procs = _two_processes(experiment, tmp_path / "run")
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]

@@ -8,13 +8,16 @@ there is none. It is not a launcher: starting one process per host is the cluste
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
+from typing import Callable
 
 import jax
 from jax._src import distributed as jax_distributed
 
+from jaxllm.cli import Stopped
 from jaxllm.config import ConfigError, DistributedConfig
 
 # The exit status of a process whose run lost a peer (sysexits' EX_UNAVAILABLE): restart every process, and the run
@@ -94,3 +97,17 @@ def end_on_lost_peer(error: Exception, step: int) -> None:
         flush=True,
     )
     os._exit(EXIT_PEER_LOST)
+
+
+@contextlib.contextmanager
+def peers_watched(step: Callable[[], int]):
+    """In a multi-process run, an error in the loop (a collective failing because a peer died) ends this process
+    at once with a line naming the lost process (end_on_lost_peer)."""
+    try:
+        yield
+    except Stopped:
+        raise
+    except Exception as e:
+        if jax.process_count() > 1:
+            end_on_lost_peer(e, step())
+        raise

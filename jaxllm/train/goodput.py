@@ -13,9 +13,14 @@ productive time as the steps it contributed at its logged step time. `run_goodpu
 from __future__ import annotations
 
 import contextlib
+import json
+import pathlib
 import time
 
+import jax
+
 PARTS = ("startup", "compile", "data", "steps", "eval", "checkpoint", "lost")
+FILE = "goodput.jsonl"
 
 
 class Goodput:
@@ -125,3 +130,37 @@ def summary_line(account: dict, run: dict) -> str:
             f"({run['restarts']} restart{'s' if run['restarts'] > 1 else ''})"
         )
     return line
+
+
+def _read(path: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _append(path: pathlib.Path, record: dict) -> None:
+    if jax.process_index() == 0:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def start(run_dir: pathlib.Path, latest: int | None, tokens_per_step: int, clock) -> Goodput:
+    """This attempt's account; a resumed one counts the steps its predecessor computed past the checkpoint it
+    resumes from as lost."""
+    lost = (0, 0.0)
+    if latest:
+        lost = lost_to_restart(_read(run_dir / FILE), _read(run_dir / "metrics.jsonl"), latest, tokens_per_step)
+    return Goodput(clock, latest or 0, *lost)
+
+
+def mark_start(run_dir: pathlib.Path, step: int) -> None:
+    """Appends this attempt's start to goodput.jsonl: its step, and where its records begin in metrics.jsonl."""
+    metrics_line = len(_read(run_dir / "metrics.jsonl"))
+    _append(run_dir / FILE, {"step": step, "attempt_start": time.time(), "metrics_line": metrics_line})
+
+
+def close(account: Goodput, step: int, run_dir: pathlib.Path, tokens_per_step: int, say) -> dict:
+    """Appends this attempt's account to goodput.jsonl, says it with the whole run's, returns both."""
+    mine = account.record(step)
+    _append(run_dir / FILE, {"step": step, "account": mine})
+    whole = run_goodput(_read(run_dir / FILE), _read(run_dir / "metrics.jsonl"), tokens_per_step)
+    say(summary_line(mine, whole))
+    return {"attempt": mine, "run": whole}

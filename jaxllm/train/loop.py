@@ -14,9 +14,7 @@ the schedule its checkpoint holds: its clock restarted, so it has no deadline to
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import pathlib
 import tempfile
 import time
@@ -41,7 +39,7 @@ from jaxllm.train import budget, checkpoint, distributed, goodput, lora, optim, 
 from jaxllm.train import step as step_lib
 from jaxllm.train.evaluation import evaluate
 from jaxllm.train.metrics import MetricsLog, Progress, clock_from
-from jaxllm.train.preemption import EXIT_PREEMPTED, Preemption
+from jaxllm.train.preemption import EXIT_PREEMPTED, Preemption, Saves
 from jaxllm.train.stage import Stage, pretraining
 
 
@@ -111,17 +109,14 @@ def run(
     trainer, abstract_state = step_lib.make_trainer(run_cfg, mesh, stage.loss_fn or step_lib.mean_loss)
     if cfg.posttrain.lora_rank:
         say(lora.summary(abstract_state["params"], abstract_state["frozen"], cfg.posttrain))
-    account = _start_account(run_dir, latest, stage, clock)
+    account = goodput.start(run_dir, latest, stage.tokens_per_step, clock)
     with account.timing("compile"):
         train_step = _compile(trainer, abstract_state, stage, mesh, say)
     if cfg.train.compile_only:
         return {"step": 0, "params": _n_params(abstract_state)}
     _write_config(cfg, run_dir)
+    goodput.mark_start(run_dir, latest or 0)
     log = MetricsLog(run_dir / "metrics.jsonl", jax.process_index() == 0)
-    _append(
-        run_dir / GOODPUT_FILE,
-        {"step": latest or 0, "attempt_start": time.time(), "metrics_line": len(_records(run_dir))},
-    )
     mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints, keep_every=cfg.train.keep_every)
     with jax.set_mesh(mesh):
         state = _restore_or_init(run_cfg, trainer, abstract_state, mngr, latest, say)
@@ -153,42 +148,8 @@ def run(
             mngr.close()
         with account.timing("eval"):
             sample = stage.sample(trainer.graphdef, trainer.model_params(state))
-    final["goodput"] = _close_account(account, end, run_dir, stage, say)
+    final["goodput"] = goodput.close(account, end, run_dir, stage.tokens_per_step, say)
     return _finish(run_dir, final, sample, say, plan)
-
-
-GOODPUT_FILE = "goodput.jsonl"
-
-
-def _start_account(run_dir: pathlib.Path, latest: int | None, stage: Stage, clock) -> goodput.Goodput:
-    """This attempt's time account; a resumed one counts the steps its predecessor computed past the checkpoint
-    it resumes from as lost."""
-    lost = (0, 0.0)
-    if latest:
-        lost = goodput.lost_to_restart(
-            _records(run_dir, GOODPUT_FILE), _records(run_dir), latest, stage.tokens_per_step
-        )
-    return goodput.Goodput(clock, latest or 0, *lost)
-
-
-def _records(run_dir: pathlib.Path, name: str = "metrics.jsonl") -> list[dict]:
-    path = run_dir / name
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _append(path: pathlib.Path, record: dict) -> None:
-    if jax.process_index() == 0:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def _close_account(account: goodput.Goodput, step: int, run_dir: pathlib.Path, stage: Stage, say) -> dict:
-    """Writes this attempt's account to goodput.jsonl, prints it with the run's over its attempts, returns both."""
-    mine = account.record(step)
-    _append(run_dir / GOODPUT_FILE, {"step": step, "account": mine})
-    whole = goodput.run_goodput(_records(run_dir, GOODPUT_FILE), _records(run_dir), stage.tokens_per_step)
-    say(goodput.summary_line(mine, whole))
-    return {"attempt": mine, "run": whole}
 
 
 def _latest_checkpoint(cfg: Config, run_dir: pathlib.Path) -> tuple[int | None, dict | None]:
@@ -324,8 +285,8 @@ def _train(
     done = int(state["step"])
     if stage.eval_extra and done == 0:  # where a stage's own figure starts (RL's pass@1: the starting model's)
         run_eval(0)
-    saves = _Saves(t, cfg.posttrain.updates_per_sample)
-    with Preemption() as preemption, _peers_watched(lambda: done):
+    saves = Saves(t, cfg.posttrain.updates_per_sample)
+    with Preemption() as preemption, distributed.peers_watched(lambda: done):
         while done < end:
             with account.timing("data"):
                 batch = stage.train_batch(done, state)
@@ -349,7 +310,7 @@ def _train(
             if stop and done != end:
                 with account.timing("checkpoint"):
                     mngr.close()  # waits for the save to commit
-                _close_account(account, done, run_dir, stage, say)
+                goodput.close(account, done, run_dir, stage.tokens_per_step, say)
                 raise Stopped(
                     f"stopped at step {done} of {end} on {preemption.signal}: checkpoint "
                     f"{run_dir / 'checkpoints' / str(done)} saved; rerun the same command to resume",
@@ -363,53 +324,6 @@ def _train(
                     end = progress.steps = steered
             progress.resume_clock(done)  # evaluation, checkpoint and steering time are not training time
     return state, run_eval(end), progress.steady_rate()
-
-
-@contextlib.contextmanager
-def _peers_watched(step: Callable[[], int]):
-    """In a multi-process run, an error in the loop (a collective failing because a peer died) ends this process
-    at once with a line naming the lost process (jaxllm.train.distributed.end_on_lost_peer)."""
-    try:
-        yield
-    except Stopped:
-        raise
-    except Exception as e:
-        if jax.process_count() > 1:
-            distributed.end_on_lost_peer(e, step())
-        raise
-
-
-class _Saves:
-    """When the loop saves: every checkpoint_every steps, when checkpoint_minutes passed since the last save, and
-    when a signal asks the run to stop. Only at steps a resume can start from (RL reuses a sample for
-    updates_per_sample steps); the time is process 0's, shared at log steps, so that every host saves alike."""
-
-    def __init__(self, t, updates_per_sample: int):
-        self.t, self.every = t, updates_per_sample
-        self.last = time.monotonic()
-        self.stopping: int | None = None  # the step a requested stop happens at
-
-    def due(self, done: int) -> bool:
-        if done % self.every:
-            return False
-        if done % self.t.checkpoint_every == 0:
-            return True
-        if not self.t.checkpoint_minutes or done % self.t.log_every:
-            return False
-        late = time.monotonic() - self.last >= 60 * self.t.checkpoint_minutes
-        if jax.process_count() > 1:
-            late = bool(multihost_utils.broadcast_one_to_all(np.int32(late)))
-        return late
-
-    def saved(self) -> None:
-        self.last = time.monotonic()
-
-    def stop_after(self, done: int, preemption: Preemption) -> bool:
-        """Whether the run stops after this step: at the first step a resume can start from once a stop was
-        asked (asked of every host at every step, as JAX's preemption sync requires)."""
-        if preemption.requested(done) and self.stopping is None:
-            self.stopping = -(-done // self.every) * self.every
-        return done == self.stopping
 
 
 def _finish(run_dir: pathlib.Path, final: dict, sample: str, say, plan: dict | None) -> dict:
