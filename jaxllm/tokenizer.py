@@ -16,6 +16,7 @@ A tokenizer is saved as one file: a sentencepiece model (`tokenizer.model`), a J
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import pathlib
 import re
@@ -206,10 +207,12 @@ def _types(node) -> set[str]:
 
 def train_bpe(lines: Iterator[str], vocab_size: int, out: pathlib.Path) -> BPETokenizer:
     """Trains on an iterator of lines (without their newline) and writes `out` (a .model file)."""
+    # Into memory, not by model_prefix: the model would record that path, and the same data must give the same bytes.
+    model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=lines,
-            model_prefix=str(out.with_suffix("")),
+            model_writer=model,
             model_type="bpe",
             vocab_size=vocab_size,
             byte_fallback=True,
@@ -237,7 +240,7 @@ def train_bpe(lines: Iterator[str], vocab_size: int, out: pathlib.Path) -> BPETo
                 f"({str(e).strip().splitlines()[-1]}); lower model.vocab_size"
             ) from None
         raise
-    (out.with_suffix(".vocab")).unlink(missing_ok=True)
+    out.write_bytes(model.getvalue())
     return BPETokenizer(out)
 
 

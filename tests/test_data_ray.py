@@ -21,6 +21,7 @@ from jaxllm.data.prepare import cache_key, prepare
 from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+# What may differ between two preparations of the same data: timings, the worker count and where the cache is.
 TIMINGS = {"report.json": ("seconds", "docs_per_second", "workers"), "manifest.json": ("seconds",)}
 
 
@@ -32,13 +33,15 @@ def ray_cluster():
 
 
 def _contents(directory: pathlib.Path) -> dict[str, object]:
-    """Every file of a prepared directory: bytes, or for the two JSON files their content less the timings."""
+    """Every file of a prepared directory: bytes, or for the two JSON files their content less the timings (and
+    the cache directory's name)."""
     out = {}
     for path in sorted(directory.iterdir()):
         if path.name in TIMINGS:
             out[path.name] = {k: v for k, v in json.loads(path.read_text()).items() if k not in TIMINGS[path.name]}
         else:
             out[path.name] = path.read_bytes()
+    del out["manifest.json"]["data"]["cache_dir"]
     return out
 
 
@@ -49,11 +52,11 @@ def _replace(cfg, **data):
 def test_ray_and_local_engines_prepare_identical_bytes(ray_cluster, tiny_corpus, tmp_path, monkeypatch, capsys):
     # Chunks of 3 documents: the 2 actors each clean several chunks, so results arrive out of order to be reordered.
     monkeypatch.setattr(pipeline, "CHUNK_DOCS", 3)
-    local_cfg = _replace(tiny_config(tiny_corpus, tmp_path / "cache"), workers=2)
-    ray_cfg = _replace(local_cfg, engine="ray")
+    # Different cache directories: nothing of the path (the temporary one included) may reach the files.
+    local_cfg = _replace(tiny_config(tiny_corpus, tmp_path / "local"), workers=2)
+    ray_cfg = _replace(local_cfg, engine="ray", cache_dir=str(tmp_path / "ray_cache"))
     assert cache_key(ray_cfg) == cache_key(local_cfg)
     local = prepare(local_cfg, progress=False).dir
-    local = local.rename(tmp_path / "local")
     ray_dir = prepare(ray_cfg, progress=True).dir
     assert "cleaning on Ray: 2 actors on a cluster of 2 CPUs" in capsys.readouterr().out
     assert ray_dir.name == cache_key(local_cfg)
