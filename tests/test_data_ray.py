@@ -3,6 +3,7 @@
 One local Ray cluster of 2 CPUs serves the whole module (starting one takes seconds)."""
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import ray
 
@@ -17,7 +19,8 @@ import jaxllm.data
 from jaxllm.cli import run_main
 from jaxllm.data import __main__ as data_command
 from jaxllm.data import pipeline
-from jaxllm.data.prepare import cache_key, prepare
+from jaxllm.data import prepare as prepare_module
+from jaxllm.data.prepare import cache_key, load_prepared, prepare
 from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -49,9 +52,11 @@ def _replace(cfg, **data):
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
 
 
+@pytest.mark.slow  # two preparations, one on Ray
 def test_ray_and_local_engines_prepare_identical_bytes(ray_cluster, tiny_corpus, tmp_path, monkeypatch, capsys):
-    # Chunks of 3 documents: the 2 actors each clean several chunks, so results arrive out of order to be reordered.
+    # Chunks of 3 documents: the 2 actors each clean and tokenise several chunks, results coming back out of order.
     monkeypatch.setattr(pipeline, "CHUNK_DOCS", 3)
+    monkeypatch.setattr(prepare_module, "ENCODE_DOCS", 3)  # the same for tokenising
     # Different cache directories: nothing of the path (the temporary one included) may reach the files.
     local_cfg = _replace(tiny_config(tiny_corpus, tmp_path / "local"), workers=2)
     ray_cfg = _replace(local_cfg, engine="ray", cache_dir=str(tmp_path / "ray_cache"))
@@ -66,6 +71,14 @@ def test_ray_and_local_engines_prepare_identical_bytes(ray_cluster, tiny_corpus,
         + [f"{split}{ext}" for split in ("train", "val") for ext in (".bin", ".json", ".offsets.npy")]
     )
     assert ray_files == local_files
+    # Tokenised on the actors: every training document decodes back to the text whose hash the manifest holds.
+    prepared = load_prepared(ray_dir)
+    starts = [*np.load(ray_dir / "train.offsets.npy"), len(prepared.train_tokens)]
+    records = [r for r in ray_files["manifest.json"]["sources"]["documents"] if r["split"] == "train"]
+    assert len(records) == len(starts) - 1 > 10
+    for record, start, end in zip(records, starts, starts[1:]):
+        text = prepared.tokenizer.decode(prepared.train_tokens[start + 1 : end])  # + 1: past the <bos>
+        assert hashlib.sha256(text.encode()).hexdigest() == record["sha256"], record["id"]
     report = ray_files["report.json"]
     assert report["stages"]["normalize"]["docs_in"] == len(list(tiny_corpus.iterdir()))
     assert report["stages"]["near_dedup"]["docs_out"] == len(ray_files["manifest.json"]["sources"]["documents"])

@@ -1,11 +1,12 @@
-"""The Ray engine (data.engine=ray): Cleaner.clean_chunk over chunks of documents on the actors of a Ray cluster,
-results in input order.
+"""The Ray engine (data.engine=ray): a per-chunk function (cleaning, tokenising) over chunks on the actors of a Ray
+cluster, results in input order.
 
-Only the map differs from the local engine (pipeline.clean_locally): chunking, the dedup decision and the merging
-of reports are the same driver code, so both engines prepare byte-identical data. The driver reads the sources and
-streams chunks round-robin to `workers` actors (one CPU and one Cleaner each), at most two chunks per actor in
-flight, so memory stays bounded whatever the corpus size. Not a Ray Data dataset: that would need the whole input
-materialised in the driver or the sources rewritten as datasources; ray[data] is pinned for that next step.
+Only the map differs from the local engine (pipeline.map_locally): chunking, the dedup decision, the merging of
+reports and the writing of shards are the same driver code, so both engines prepare byte-identical data. The
+driver streams chunks round-robin to `workers` actors (one CPU each, the function built once per actor), at most
+two chunks per actor in flight, so memory stays bounded whatever the corpus size. Not a Ray Data dataset: that
+would need the whole input materialised in the driver or the sources rewritten as datasources; ray[data] is
+pinned for that next step.
 """
 
 from __future__ import annotations
@@ -14,23 +15,18 @@ import collections
 import contextlib
 import itertools
 import logging
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import ray
 
-from jaxllm.config.clean import CleanConfig
-from jaxllm.data.clean import Cleaner
-from jaxllm.data.pipeline import CleanedChunk
-from jaxllm.data.sources import Document
-
 
 @ray.remote(num_cpus=1)
-class _CleanerActor:
-    def __init__(self, cfg: CleanConfig):
-        self.cleaner = Cleaner(cfg)
+class _Worker:
+    def __init__(self, make: Callable[[], Callable[[Any], Any]]):
+        self.fn = make()
 
-    def clean_chunk(self, chunk: list[Document]) -> CleanedChunk:
-        return self.cleaner.clean_chunk(chunk)
+    def run(self, chunk: Any) -> Any:
+        return self.fn(chunk)
 
 
 @contextlib.contextmanager
@@ -48,13 +44,13 @@ def cluster(address: str) -> Iterator[int]:
             ray.shutdown()
 
 
-def clean_on_ray(chunks: Iterable[list[Document]], cfg: CleanConfig, workers: int) -> Iterator[CleanedChunk]:
-    actors = [_CleanerActor.remote(cfg) for _ in range(max(workers, 1))]
+def map_on_ray(chunks: Iterable[Any], make: Callable[[], Callable[[Any], Any]], workers: int) -> Iterator[Any]:
+    actors = [_Worker.remote(make) for _ in range(max(workers, 1))]
     try:
         pending = collections.deque()
         # Each actor runs its calls in submission order, so taking results from the front keeps input order.
         for actor, chunk in zip(itertools.cycle(actors), chunks):
-            pending.append(actor.clean_chunk.remote(chunk))
+            pending.append(actor.run.remote(chunk))
             if len(pending) >= 2 * len(actors):
                 yield ray.get(pending.popleft())
         while pending:

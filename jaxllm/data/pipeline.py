@@ -1,7 +1,7 @@
 """The cleaning pipeline over a stream of documents: clean in worker processes, dedup the whole corpus, report.
 
 Two passes. First, documents are cut into chunks (about 1 MB) and an engine maps Cleaner.clean_chunk over them:
-the local one (clean_locally) a pool of `workers` processes with at most two chunks per worker in flight, the Ray
+the local one (map_locally) a pool of `workers` processes with at most two chunks per worker in flight, the Ray
 one (engine_ray.py) actors of a Ray cluster. The engine is the only part that differs: the parent takes the
 results in input order, writes the cleaned documents to a
 temporary spill file and hands each one's exact key and MinHash signature to the dedup driver (dedup.DedupIndex:
@@ -22,7 +22,7 @@ import pickle
 import sys
 import tempfile
 import time
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 from jaxllm.config.clean import CleanConfig
 from jaxllm.data.clean import Cleaned, Cleaner
@@ -35,8 +35,9 @@ CHUNK_BYTES = 1 << 20
 PROGRESS_EVERY_S = 5.0
 
 CleanedChunk = tuple[list[Cleaned], Report]
-# An engine: (chunks, cfg) -> Cleaner(cfg).clean_chunk of each chunk, in input order, wherever it runs.
-Engine = Callable[[Iterable[list[Document]], CleanConfig], Iterator[CleanedChunk]]
+# An engine: (chunks, make) -> make()(chunk) for each chunk, in input order, wherever it runs. make is picklable
+# and runs once per worker, to build what every chunk needs (a Cleaner, a tokenizer).
+Engine = Callable[[Iterable[Any], Callable[[], Callable[[Any], Any]]], Iterator[Any]]
 
 
 def _chunks(docs: Iterable[Document]) -> Iterator[list[Document]]:
@@ -51,34 +52,37 @@ def _chunks(docs: Iterable[Document]) -> Iterator[list[Document]]:
         yield chunk
 
 
-_worker_cleaner: Cleaner | None = None
+_worker_fn: Callable[[Any], Any] | None = None
 
 
-def _init_worker(cfg: CleanConfig) -> None:
-    global _worker_cleaner
-    _worker_cleaner = Cleaner(cfg)
+def _init_worker(make: Callable[[], Callable[[Any], Any]]) -> None:
+    global _worker_fn
+    _worker_fn = make()
 
 
-def _clean_in_worker(chunk: list[Document]) -> CleanedChunk:
-    return _worker_cleaner.clean_chunk(chunk)
+def _run_in_worker(chunk: Any) -> Any:
+    return _worker_fn(chunk)
 
 
-def clean_locally(chunks: Iterable[list[Document]], cfg: CleanConfig, workers: int) -> Iterator[CleanedChunk]:
-    """The local engine: Cleaner.clean_chunk over the chunks in a pool of `workers` spawned processes (in this
-    process for one), at most two chunks per worker in flight, results in input order."""
+def map_locally(chunks: Iterable[Any], make: Callable[[], Callable[[Any], Any]], workers: int) -> Iterator[Any]:
+    """The local engine: make()(chunk) over the chunks in a pool of `workers` spawned processes (in this process
+    for one), at most two chunks per worker in flight, results in input order."""
     if workers <= 1:
-        cleaner = Cleaner(cfg)
-        yield from map(cleaner.clean_chunk, chunks)
+        yield from map(make(), chunks)
         return
     # Leaving the `with` (end, error, or the consumer dropping this generator) terminates the workers.
-    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (cfg,)) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (make,)) as pool:
         pending = collections.deque()
         for chunk in chunks:
-            pending.append(pool.apply_async(_clean_in_worker, (chunk,)))
+            pending.append(pool.apply_async(_run_in_worker, (chunk,)))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+
+
+def chunk_cleaner(cfg: CleanConfig) -> Callable[[list[Document]], CleanedChunk]:
+    return Cleaner(cfg).clean_chunk
 
 
 def _clean_and_spill(
@@ -93,7 +97,7 @@ def _clean_and_spill(
     """First pass: cleaning counts into report, cleaned (document, bytes) chunks pickled into spill, dedup keys
     into index."""
     start = last_print = time.perf_counter()
-    for cleaned, chunk_report in engine(_chunks(docs), cfg):
+    for cleaned, chunk_report in engine(_chunks(docs), functools.partial(chunk_cleaner, cfg)):
         report.merge(chunk_report)
         pickle.dump([(c.doc, c.n_bytes) for c in cleaned], spill, pickle.HIGHEST_PROTOCOL)
         index.add([c.exact_key for c in cleaned], [c.signature for c in cleaned])
@@ -160,7 +164,7 @@ def iter_clean(
     documents and their signatures) go to spill_dir, the system's default when None, and are gone on return.
     engine None is the local one with `workers` processes; another engine says how many workers it has."""
     report.workers = max(workers, 1)
-    engine = engine or functools.partial(clean_locally, workers=workers)
+    engine = engine or functools.partial(map_locally, workers=workers)
     start = time.perf_counter()
     index = DedupIndex(cfg.dedup, spill_dir)
     try:

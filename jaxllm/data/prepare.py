@@ -15,20 +15,22 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import os
 import pathlib
 import shutil
 import sys
+import tempfile
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from jaxllm import tokenizer as tok
 from jaxllm.config import Config, ConfigError, DataConfig
 from jaxllm.data import shards
-from jaxllm.data.pipeline import Engine, clean_corpus
+from jaxllm.data.pipeline import Engine, clean_corpus, map_locally
 from jaxllm.data.sources import Document, SourceStats, check_sources, input_paths, iter_documents, stdlib_root
 
 
@@ -87,6 +89,7 @@ def _input_fingerprint(sources: tuple[str, ...]) -> list:
     return out
 
 
+ENCODE_DOCS = 256  # documents per tokenising chunk
 ENGINE_SETTINGS = ("engine", "ray_address", "workers")  # how the data is prepared, not what it is
 
 
@@ -120,30 +123,42 @@ def _ray_engine_module():
 
 
 @contextlib.contextmanager
-def _engine(data: DataConfig, progress: bool) -> Iterator[tuple[Engine | None, int]]:
-    """The cleaning engine the settings name (None: the local one) and its number of workers, while inside."""
+def _engine(data: DataConfig, progress: bool) -> Iterator[tuple[Engine, int]]:
+    """The engine the settings name and its number of workers, while inside."""
     if data.engine == "local":
-        yield None, data.workers or os.cpu_count() or 1
+        workers = data.workers or os.cpu_count() or 1
+        yield functools.partial(map_locally, workers=workers), workers
         return
     engine_ray = _ray_engine_module()
     with engine_ray.cluster(data.ray_address) as cpus:
         workers = min(data.workers or cpus, cpus)  # an actor takes a CPU: more would wait forever
         _say(progress, f"cleaning on Ray: {workers} actors on a cluster of {cpus} CPUs")
-        yield functools.partial(engine_ray.clean_on_ray, workers=workers), workers
+        yield functools.partial(engine_ray.map_on_ray, workers=workers), workers
 
 
-def _collect(cfg: Config, out: pathlib.Path, progress: bool) -> tuple[list[Document], list[Document], dict]:
+def chunk_encoder(name: str, model: bytes) -> Callable[[list[str]], list[np.ndarray]]:
+    """encode_batch of the tokenizer file `name` holding `model`, rebuilt from those bytes in each worker (a Ray
+    worker may be on a machine without this disk); ids come back as int32 arrays, cheaper to send than lists."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = pathlib.Path(directory) / name
+        path.write_bytes(model)
+        tokenizer = tok.load(path)
+    return lambda texts: [np.asarray(ids, np.int32) for ids in tokenizer.encode_batch(texts)]
+
+
+def _collect(
+    cfg: Config, out: pathlib.Path, progress: bool, engine: Engine, workers: int
+) -> tuple[list[Document], list[Document], dict]:
     stats = SourceStats()
-    with _engine(cfg.data, progress) as (engine, workers):
-        docs, report = clean_corpus(
-            iter_documents(cfg.data.sources, stats),
-            cfg.data.clean,
-            workers,
-            progress,
-            source_stats=stats,
-            spill_dir=out,  # the cleaning pass's temporary files on the cache's disk, unnamed: gone when it ends
-            engine=engine,
-        )
+    docs, report = clean_corpus(
+        iter_documents(cfg.data.sources, stats),
+        cfg.data.clean,
+        workers,
+        progress,
+        source_stats=stats,
+        spill_dir=out,  # the cleaning pass's temporary files on the cache's disk, unnamed: gone when it ends
+        engine=engine,
+    )
     report.write(out)
     if progress:
         report.print_table()
@@ -192,8 +207,13 @@ def _tokenizer_lines(docs: list[Document], budget_bytes: int):
 
 
 def _build(cfg: Config, tmp: pathlib.Path, progress: bool) -> dict:
+    with _engine(cfg.data, progress) as (engine, workers):
+        return _build_on(cfg, tmp, progress, engine, workers)
+
+
+def _build_on(cfg: Config, tmp: pathlib.Path, progress: bool, engine: Engine, workers: int) -> dict:
     t0 = time.perf_counter()
-    train, val, summary = _collect(cfg, tmp, progress)
+    train, val, summary = _collect(cfg, tmp, progress, engine, workers)
     t1 = time.perf_counter()
     if cfg.data.tokenizer == "char":
         tokenizer = tok.train_char((d.text for d in train + val), tmp / "tokenizer.json")
@@ -209,14 +229,13 @@ def _build(cfg: Config, tmp: pathlib.Path, progress: bool) -> dict:
     t2 = time.perf_counter()
     _say(progress, f"tokenizer ({cfg.data.tokenizer}, {tokenizer.vocab_size} tokens) trained in {t2 - t1:.1f}s")
     splits = {}
+    # Tokenised on the engine in chunks of ENCODE_DOCS documents, written here in input order.
+    encoder = functools.partial(chunk_encoder, tokenizer.path.name, tokenizer.path.read_bytes())
     for name, docs in (("train", train), ("val", val)):
-
-        def encoded(docs=docs):
-            for i in range(0, len(docs), 256):
-                yield from tokenizer.encode_batch([d.text for d in docs[i : i + 256]])
-
+        texts = ([d.text for d in docs[i : i + ENCODE_DOCS]] for i in range(0, len(docs), ENCODE_DOCS))
+        encoded = itertools.chain.from_iterable(engine(texts, encoder))
         n_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
-        splits[name] = shards.write_split(tmp, name, encoded(), n_bytes, tokenizer.vocab_size, tokenizer.bos)
+        splits[name] = shards.write_split(tmp, name, encoded, n_bytes, tokenizer.vocab_size, tokenizer.bos)
     t3 = time.perf_counter()
     for name, index in splits.items():
         _say(
