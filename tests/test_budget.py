@@ -56,6 +56,7 @@ def test_setup_key_ignores_shape_length_and_kernels_but_not_what_the_loss_depend
         replace(base, model=replace(base.model, n_layer=7, n_head=3, n_embd=48, kernels="reference")),
         replace(base, train=replace(base.train, steps=5, budget="", log_every=3), name="other"),
         load_experiment("scaling"),  # the sweep's experiment is base with the shape left to the sweep
+        replace(base, data=replace(base.data, engine="ray", ray_address="auto", workers=1)),  # where, not what
     ]
     assert all(arithmetic.setup_key(cfg) == key for cfg in same)
     other = [

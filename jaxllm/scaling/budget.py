@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxllm import machine
 from jaxllm.config import EXPERIMENTS_DIR, Config, ConfigError, ModelConfig
+from jaxllm.data.prepare import ENGINE_SETTINGS
 from jaxllm.model.accounting import flops_per_token, param_count
 from jaxllm.scaling.laws import BESIROGLU_2024, LossLaw, size_model, smallest_model
 
@@ -44,7 +45,7 @@ def setup(cfg: Config) -> dict:
     }
     return {
         "model": m,
-        "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "cache_dir"},
+        "data": {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("cache_dir", *ENGINE_SETTINGS)},
         "optim": dataclasses.asdict(cfg.optim),
         "train": {"batch_size": cfg.train.batch_size, "eval_batches": cfg.train.eval_batches},
     }
