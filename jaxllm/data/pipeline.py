@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -66,8 +67,12 @@ def _run_in_worker(chunk: Any) -> Any:
 
 def map_locally(chunks: Iterable[Any], make: Callable[[], Callable[[Any], Any]], workers: int) -> Iterator[Any]:
     """The local engine: make()(chunk) over the chunks in a pool of `workers` spawned processes (in this process
-    for one), at most two chunks per worker in flight, results in input order."""
-    if workers <= 1:
+    for one worker or one chunk: starting a spawned worker costs seconds, more than a chunk's work), at most two
+    chunks per worker in flight, results in input order."""
+    chunks = iter(chunks)
+    first = list(itertools.islice(chunks, 2))
+    chunks = itertools.chain(first, chunks)
+    if workers <= 1 or len(first) < 2:
         yield from map(make(), chunks)
         return
     # Leaving the `with` (end, error, or the consumer dropping this generator) terminates the workers.
