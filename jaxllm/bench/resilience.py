@@ -7,13 +7,8 @@
    completion) must resume and log exactly the losses of the same run left alone (a later record of a step wins:
    steps after the last checkpoint are logged again). The signal, the number of steps before it, and whether it
    aims at a step or at a save in flight, come from the seed (`plan_trials`).
-2. Checkpoint overhead of asynchronous saves on the training step, in this process: `base` (as fixed steps run
-   it) and the GPT-2 124M shape (one sequence of 1024 per step: what this CPU steps in seconds), both on random
-   tokens (a step's time does not depend on them), each checkpoint carrying base's tokenizer as the loop's do. Per
-   model, interleaved rounds of one window of steps after a save against the same window without; the blocking
-   time of the save call and the time to its commit; the overhead at the config's checkpoint_every, both as the
-   blocking time over the interval's step time and as the window's whole extra time (background writes compete
-   with the steps for the cores).
+2. Checkpoint overhead of asynchronous saves on the training step, for `base` and the GPT-2 124M shape
+   (jaxllm.bench.save_overhead).
 
 Not a test of multi-host preemption (tests/test_preemption.py and tests/test_multihost.py cover the paths).
 """
@@ -27,15 +22,11 @@ import random
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
 
-import jax
-import numpy as np
-
-from jaxllm import kernels, sharding
+from jaxllm.bench.save_overhead import WINDOW_S, base_config, gpt2_124m_config, overhead, overhead_line
 from jaxllm.config import (
     Config,
     ConfigError,
@@ -43,25 +34,19 @@ from jaxllm.config import (
     ModelConfig,
     OptimConfig,
     TrainConfig,
-    load_experiment,
-    replace,
 )
 from jaxllm.data.prepare import prepare
 from jaxllm.data.sources import stdlib_root
-from jaxllm.train import checkpoint
-from jaxllm.train import step as step_lib
 from jaxllm.train.preemption import EXIT_PREEMPTED
 
 CHECKPOINT_EVERY = 5  # a save every 5 steps of a 12 ms step keeps a save in flight about half of the time
 MAX_STEPS_BEFORE_SIGNAL = 30
-WINDOW_S = 10.0  # the longest window of steps timed with and without a save (2 cores: minutes would be noise too)
 CORPUS_FILES = (
     "textwrap.py", "string.py", "glob.py", "fnmatch.py", "bisect.py", "heapq.py", "shlex.py", "difflib.py",
     "json/decoder.py", "json/encoder.py", "json/scanner.py", "csv.py", "colorsys.py", "calendar.py", "base64.py",
     "locale.py", "tokenize.py", "keyword.py", "copy.py", "pprint.py", "reprlib.py", "numbers.py", "statistics.py",
     "fractions.py", "random.py", "operator.py", "abc.py", "enum.py", "functools.py",
 )  # fmt: skip
-GPT2_124M = ModelConfig(family="gpt2", vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
 STEP_LINE = re.compile(r"step (\d+)/")
 RESUMED = re.compile(r"resuming at step (\d+)")
 STOPPED = re.compile(r"stopped at step (\d+) of")
@@ -318,127 +303,15 @@ def _trial_line(i: int, r: dict) -> str:
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# 2. checkpoint overhead in this process
-
-
-def _steps_and_saves(cfg: Config, batch_for) -> tuple:
-    """A compiled step and a fresh state of cfg (kernels resolved here) on this process's devices."""
-    mesh = sharding.make_mesh(cfg)
-    model_cfg, choice = kernels.resolve(cfg.model, list(mesh.devices.flat))
-    run_cfg = replace(cfg, model=model_cfg)
-    trainer, abstract_state = step_lib.make_trainer(run_cfg, mesh)
-    batch = batch_for(run_cfg, mesh)
-    with jax.set_mesh(mesh):
-        compiled = trainer.jit_train_step().lower(abstract_state, batch).compile()
-        state = step_lib.init_state(run_cfg, trainer)
-    return compiled, state, batch, mesh, choice
-
-
-def _random_batch(cfg: Config, mesh) -> dict:
-    shape = (cfg.train.batch_size, cfg.model.block_size + 1)
-    tokens = np.random.default_rng(0).integers(0, cfg.model.vocab_size, shape, dtype=np.int32)
-    return jax.device_put({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, sharding.batch_sharding(mesh))
-
-
-def overhead(cfg: Config, tokenizer, rounds: int, window_s: float, root: pathlib.Path) -> dict:
-    """Interleaved rounds of a window of steps after a save against the same window alone (checkpoint_every steps,
-    or fewer where those take over window_s), and one save's blocking and commit times; the overhead at
-    cfg.train.checkpoint_every (see the module's docstring)."""
-    compiled, state, batch, mesh, choice = _steps_and_saves(cfg, _random_batch)
-    shutil.rmtree(root, ignore_errors=True)
-    mngr = checkpoint.manager(root, keep=1)
-    holder = {"state": state, "step": 0}
-
-    def steps(n: int) -> None:
-        for _ in range(n):
-            holder["state"], metrics = compiled(holder["state"], batch)
-        jax.block_until_ready(metrics["loss"])
-
-    def save() -> float:
-        holder["step"] += 1
-        t0 = time.perf_counter()
-        checkpoint.save(mngr, holder["step"], holder["state"], cfg, tokenizer)
-        return time.perf_counter() - t0
-
-    with jax.set_mesh(mesh):
-        steps(2)  # warm-up
-        t0 = time.perf_counter()
-        steps(2)
-        window = min(cfg.train.checkpoint_every, max(2, int(window_s / ((time.perf_counter() - t0) / 2))))
-        commits, blocking = [], []
-        for _ in range(2):
-            blocking.append(save())
-            t0 = time.perf_counter()
-            mngr.wait_until_finished()
-            commits.append(blocking[-1] + time.perf_counter() - t0)
-        with_save, without = [], []
-        for r in range(rounds):
-            for saving in (r % 2 == 0, r % 2 == 1):  # which goes first alternates
-                t0 = time.perf_counter()
-                if saving:
-                    blocking.append(save())
-                steps(window)
-                if saving:
-                    mngr.wait_until_finished()  # a commit longer than the window counts whole
-                (with_save if saving else without).append(time.perf_counter() - t0)
-    mngr.close()
-    shutil.rmtree(root, ignore_errors=True)
-    step_s = statistics.median(without) / window
-    interval_s = cfg.train.checkpoint_every * step_s
-    extra = [a - b for a, b in zip(with_save, without)]
-    return {
-        "model": f"{cfg.model.family} {cfg.model.n_layer} x {cfg.model.n_embd}, vocab {cfg.model.vocab_size}",
-        "params": int(sum(x.size for x in jax.tree.leaves(step_lib.model_layout(holder["state"])))),
-        "state_mib": sum(x.nbytes for x in jax.tree.leaves(holder["state"])) / 2**20,
-        "tokens_per_step": cfg.train.batch_size * cfg.model.block_size,
-        "choice": choice.why,
-        "checkpoint_every": cfg.train.checkpoint_every,
-        "window": window,
-        "rounds": rounds,
-        "step_s": step_s,
-        "blocking_s": statistics.median(blocking),
-        "blocking_range_s": [min(blocking), max(blocking)],
-        "commit_s": statistics.median(commits),
-        "window_with_save_s": with_save,
-        "window_without_s": without,
-        "window_ratio": statistics.median(a / b for a, b in zip(with_save, without)),
-        "window_ratio_range": [
-            min(a / b for a, b in zip(with_save, without)),
-            max(a / b for a, b in zip(with_save, without)),
-        ],
-        "overhead_blocking": statistics.median(blocking) / interval_s,
-        "overhead_window": statistics.median(extra) / interval_s,
-    }
-
-
-def base_config(steps: int) -> Config:
-    """experiments/base.py as `--train.budget= --train.steps=N` runs it."""
-    cfg = load_experiment("base")
-    return replace(cfg, train=replace(cfg.train, budget="", steps=steps))
-
-
-def gpt2_124m_config(batch_size: int) -> Config:
-    """The GPT-2 124M shape, at the train section's defaults but for the batch (what this CPU steps in seconds)."""
-    return Config(name="gpt2_124m", model=GPT2_124M, train=TrainConfig(batch_size=batch_size))
-
-
 def bench_resilience(n_term: int, n_kill: int, seed: int, rounds: int, root: pathlib.Path) -> dict:
     trials = preemption_trials(n_term, n_kill, seed, root / "trials")
     base = base_config(steps=1000)
     tokenizer = prepare(base, progress=False).tokenizer  # every checkpoint carries one, as the loop's do
     base_row = overhead(base, tokenizer, rounds, WINDOW_S, root / "base_ckpt")
-    print(f"base: {_overhead_line(base_row)}", flush=True)
+    print(f"base: {overhead_line(base_row)}", flush=True)
     gpt2_row = overhead(gpt2_124m_config(1), tokenizer, 1, 2 * WINDOW_S, root / "gpt2_ckpt")
-    print(f"gpt2_124m: {_overhead_line(gpt2_row)}", flush=True)
+    print(f"gpt2_124m: {overhead_line(gpt2_row)}", flush=True)
     return {"preemption": trials, "overhead": {"base": base_row, "gpt2_124m": gpt2_row}}
-
-
-def _overhead_line(r: dict) -> str:
-    return (
-        f"step {1e3 * r['step_s']:.1f} ms, save blocking {1e3 * r['blocking_s']:.0f} ms, commit {r['commit_s']:.2f} s, "
-        f"overhead {100 * r['overhead_blocking']:.2f}% (blocking) / {100 * r['overhead_window']:.2f}% (window)"
-    )
 
 
 def resilience_table(result: dict) -> str:
