@@ -28,6 +28,7 @@ from jaxllm.config import load_experiment, parse_duration
 from jaxllm.data.prepare import prepare
 from jaxllm.model.scoring import token_logprobs
 from jaxllm.train.checkpoint import load_run
+from jaxllm.train.metrics import read_jsonl
 
 COMPRESSORS = {
     "gzip -9": lambda b: gzip.compress(b, compresslevel=9, mtime=0),
@@ -90,7 +91,7 @@ def _train(argv: list[str], run_dir: pathlib.Path) -> float:
 
 
 def _records(run_dir: pathlib.Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 def bench_budget(budget: str, fixed: str, root: pathlib.Path, extra: list[str]) -> dict:

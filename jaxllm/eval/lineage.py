@@ -16,6 +16,7 @@ from jaxllm.config import Config, ConfigError, config_from_dict
 from jaxllm.eval.suite import lineage
 from jaxllm.model.accounting import param_count
 from jaxllm.train import checkpoint
+from jaxllm.train.metrics import read_jsonl
 
 EXPORTS = "exports.jsonl"  # in a run directory: one {'out', 'step'} line per export of the run (hf export)
 EVALUATION = "evaluation.json"  # python -m jaxllm.evaluate's default output, in the last run directory it names
@@ -48,13 +49,9 @@ class Link:
         return self.step * self.cfg.train.batch_size * length
 
 
-def _read_jsonl(path: pathlib.Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def _last_evaluation(run_dir: pathlib.Path, step: int, final: dict) -> dict:
     """The figures of the run's last evaluation at or before step (the checkpoint's final ones without a log)."""
-    records = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r and r["step"] <= step]
+    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r and r["step"] <= step]
     if not records:
         return {k: final[k] for k in ("val_loss", "val_bpb") if k in final}
     return {k: v for k, v in records[-1].items() if k not in ("step", "time_s")}
@@ -71,7 +68,7 @@ def _link(run_dir: pathlib.Path, step: int | None) -> Link:
         cfg=config_from_dict(meta["config"]),
         provenance=meta.get("provenance", {}),
         figures=_last_evaluation(run_dir, step, meta.get("final", {})),
-        exports=_read_jsonl(run_dir / EXPORTS),
+        exports=read_jsonl(run_dir / EXPORTS),
     )
 
 
@@ -113,7 +110,7 @@ def record_export(run_dir: pathlib.Path, out: pathlib.Path, step: int) -> None:
     """Appends the export to the run's EXPORTS, once per directory and step."""
     record = {"out": str(pathlib.Path(out).resolve()), "step": step}
     path = pathlib.Path(run_dir) / EXPORTS
-    if record in _read_jsonl(path):
+    if record in read_jsonl(path):
         return
     try:
         with open(path, "a") as f:

@@ -19,6 +19,8 @@ import time
 
 import jax
 
+from jaxllm.train.metrics import read_jsonl
+
 PARTS = ("startup", "compile", "data", "steps", "eval", "checkpoint", "lost")
 FILE = "goodput.jsonl"
 
@@ -132,10 +134,6 @@ def summary_line(account: dict, run: dict) -> str:
     return line
 
 
-def _read(path: pathlib.Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def _append(path: pathlib.Path, record: dict) -> None:
     if jax.process_index() == 0:
         with open(path, "a") as f:
@@ -147,13 +145,14 @@ def start(run_dir: pathlib.Path, latest: int | None, tokens_per_step: int, clock
     resumes from as lost."""
     lost = (0, 0.0)
     if latest:
-        lost = lost_to_restart(_read(run_dir / FILE), _read(run_dir / "metrics.jsonl"), latest, tokens_per_step)
+        starts, metrics = read_jsonl(run_dir / FILE), read_jsonl(run_dir / "metrics.jsonl")
+        lost = lost_to_restart(starts, metrics, latest, tokens_per_step)
     return Goodput(clock, latest or 0, *lost)
 
 
 def mark_start(run_dir: pathlib.Path, step: int) -> None:
     """Appends this attempt's start to goodput.jsonl: its step, and where its records begin in metrics.jsonl."""
-    metrics_line = len(_read(run_dir / "metrics.jsonl"))
+    metrics_line = len(read_jsonl(run_dir / "metrics.jsonl"))
     _append(run_dir / FILE, {"step": step, "attempt_start": time.time(), "metrics_line": metrics_line})
 
 
@@ -161,6 +160,6 @@ def close(account: Goodput, step: int, run_dir: pathlib.Path, tokens_per_step: i
     """Appends this attempt's account to goodput.jsonl, says it with the whole run's, returns both."""
     mine = account.record(step)
     _append(run_dir / FILE, {"step": step, "account": mine})
-    whole = run_goodput(_read(run_dir / FILE), _read(run_dir / "metrics.jsonl"), tokens_per_step)
+    whole = run_goodput(read_jsonl(run_dir / FILE), read_jsonl(run_dir / "metrics.jsonl"), tokens_per_step)
     say(summary_line(mine, whole))
     return {"attempt": mine, "run": whole}

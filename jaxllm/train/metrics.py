@@ -33,6 +33,12 @@ class MetricsLog:
             self.events.write(record)
 
 
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+    """The records of a JSONL file (metrics.jsonl, goodput.jsonl, ...); none for a file that is not there."""
+    path = pathlib.Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def format_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"

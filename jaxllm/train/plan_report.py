@@ -3,13 +3,12 @@ closing lines, and plan.png (the run against its plan). The plan itself is made 
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from jaxllm.config import parse_duration
 from jaxllm.plots import plt, save_figure
 from jaxllm.scaling.laws import LossLaw, human
-from jaxllm.train.metrics import format_eta
+from jaxllm.train.metrics import format_eta, read_jsonl
 
 EXTRAPOLATION_WARNING = 1.5  # a plan this many times beyond its law's largest swept budget says it extrapolates
 
@@ -83,7 +82,7 @@ def outcome_lines(record: dict) -> str:
 
 def plot(metrics_path: pathlib.Path, plan: dict, out: pathlib.Path) -> None:
     """plan.png: the run's losses against time since process start, with the planned end and loss."""
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    records = read_jsonl(metrics_path)
     train = [r for r in records if "loss" in r and "time_s" in r]
     val = [r for r in records if "val_loss" in r and "time_s" in r]
     fig, ax = plt.subplots(figsize=(8, 4.5))
