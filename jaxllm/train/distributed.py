@@ -17,7 +17,6 @@ from typing import Callable
 import jax
 from jax._src import distributed as jax_distributed
 
-from jaxllm.cli import Stopped
 from jaxllm.config import ConfigError, DistributedConfig
 
 # The exit status of a process whose run lost a peer (sysexits' EX_UNAVAILABLE): restart every process, and the run
@@ -101,13 +100,11 @@ def end_on_lost_peer(error: Exception, step: int) -> None:
 
 @contextlib.contextmanager
 def peers_watched(step: Callable[[], int]):
-    """In a multi-process run, an error in the loop (a collective failing because a peer died) ends this process
-    at once with a line naming the lost process (end_on_lost_peer)."""
+    """In a multi-process run, a runtime error in the loop (a collective failing because a peer died) ends this
+    process at once with a line naming the lost process (end_on_lost_peer); Python errors (a diverged loss) pass."""
     try:
         yield
-    except Stopped:
-        raise
-    except Exception as e:
+    except jax.errors.JaxRuntimeError as e:
         if jax.process_count() > 1:
             end_on_lost_peer(e, step())
         raise
