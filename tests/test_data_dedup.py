@@ -11,6 +11,7 @@ import pytest
 from jaxllm.bench.dedup import bench_dedup, dedup_table, planted_pair
 from jaxllm.config import ConfigError
 from jaxllm.config.clean import DedupConfig
+from jaxllm.data.components import Components, star_components, star_round
 from jaxllm.data.dedup import (
     DedupIndex,
     MinHasher,
@@ -42,8 +43,8 @@ def random_signatures(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 2**32, (n, 112), dtype=np.uint32)
 
 
-def decide(signatures, keys=None, cfg=DedupConfig(), spill_dir=None):
-    index = DedupIndex(cfg, spill_dir)
+def decide(signatures, keys=None, cfg=DedupConfig(), spill_dir=None, components=Components()):
+    index = DedupIndex(cfg, spill_dir, components)
     keys = keys or [i.to_bytes(16, "little") for i in range(len(signatures))]
     index.add(keys, list(signatures))
     verdicts = index.verdicts()
@@ -151,6 +152,51 @@ def test_union_find_gives_each_component_its_lowest_index():
     assert join_components(parent, lo[2:], hi[2:]).tolist() == expected
     # a long path joined in reverse order still ends at its lowest index
     assert join_components(np.arange(6), np.arange(4, -1, -1), np.arange(5, 0, -1)).tolist() == [0] * 6
+
+
+def test_star_rounds_label_components_as_union_find_does():
+    lo, hi = np.array([5, 7, 1, 9, 4]), np.array([7, 2, 3, 8, 9])  # {2, 5, 7}, {1, 3}, {4, 8, 9}, rest alone
+    assert star_components(10, lo, hi, Components(partitions=3)).tolist() == [0, 1, 2, 1, 4, 2, 6, 2, 4, 4]
+    chain = np.random.default_rng(0).permutation(200)  # a path through 200 documents in random order
+    assert star_components(200, chain[:-1], chain[1:], Components(partitions=2)).tolist() == [0] * 200
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        n, m = int(rng.integers(2, 200)), int(rng.integers(0, 200))
+        lo, hi = rng.integers(0, n, m), rng.integers(0, n, m)
+        expected = join_components(np.arange(n), lo, hi).tolist()
+        assert star_components(n, lo, hi, Components(partitions=int(rng.integers(1, 4)))).tolist() == expected
+
+
+def test_a_star_round_never_emits_more_edges_than_it_receives():
+    # node 3 with neighbours 1, 5, 6: large-star hooks 5 and 6 onto 1; small-star hooks 3 and 1 onto 1 (3 only)
+    rows = np.array([[3, 5], [3, 1], [3, 6], [3, 5]])
+    buckets, labels, _ = star_round(rows, partitions=2, large=True)
+    assert [b.tolist() for b in buckets] == [[[6, 1]], [[5, 1], [1, 5], [1, 6]]]
+    assert labels.tolist() == [[3, 1]]
+    buckets, _, _ = star_round(rows, partitions=1, large=False)
+    assert buckets[0].tolist() == [[3, 1], [1, 3]]
+
+
+def test_clusters_on_the_engine_equal_union_finds_on_planted_chains():
+    """Chains a-b, b-c with a-c below the threshold, a star and pairs: union_find_max_pairs=0 forms every cluster
+    in star rounds on an engine (here in this process, two partitions) and keeps the same documents."""
+    rng = np.random.default_rng(3)
+    signatures = random_signatures(40, seed=3)
+    for a, b in [(0, 7), (7, 13), (13, 21), (30, 31), (5, 25), (25, 33), (2, 9), (2, 17), (2, 38)]:
+        signatures[b] = np.where(rng.random(112) < 0.15, signatures[b], signatures[a])  # about 85% equal
+    assert (signatures[0] == signatures[21]).mean() < 0.75  # the chain's ends are apart on their own
+    rounds = []
+
+    def engine(parts, make):
+        rounds.append(len(parts))
+        return map(make(), parts)
+
+    by_union_find = decide(signatures)
+    on_engine = decide(signatures, components=Components(engine, 2, union_find_max_pairs=0))
+    assert on_engine.kept_as.tolist() == by_union_find.kept_as.tolist()
+    assert on_engine.clusters == by_union_find.clusters
+    assert sorted(set(by_union_find.kept_as[[0, 7, 13, 21]])) == [0] and by_union_find.clusters["clusters"] == 4
+    assert len(rounds) >= 2 and set(rounds) == {2}
 
 
 def test_first_of_equal_keys():

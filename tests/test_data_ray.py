@@ -3,11 +3,13 @@
 One local Ray cluster of 2 CPUs serves the whole module (starting one takes seconds)."""
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -20,12 +22,15 @@ from jaxllm.cli import run_main
 from jaxllm.data import __main__ as data_command
 from jaxllm.data import pipeline
 from jaxllm.data import prepare as prepare_module
+from jaxllm.data.components import Components, star_components
+from jaxllm.data.dedup import join_components
+from jaxllm.data.engine_ray import cluster, map_on_ray
 from jaxllm.data.prepare import cache_key, load_prepared, prepare
 from tests.conftest import tiny_config
+from tests.prepared_files import contents
+from tests.test_prepare_resume import prepare_in_child
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-# What may differ between two preparations of the same data: timings, the worker count and where the cache is.
-TIMINGS = {"report.json": ("seconds", "docs_per_second", "workers"), "manifest.json": ("seconds",)}
 
 
 @pytest.fixture(scope="module")
@@ -35,24 +40,11 @@ def ray_cluster():
     ray.shutdown()
 
 
-def _contents(directory: pathlib.Path) -> dict[str, object]:
-    """Every file of a prepared directory: bytes, or for the two JSON files their content less the timings (and
-    the cache directory's name)."""
-    out = {}
-    for path in sorted(directory.iterdir()):
-        if path.name in TIMINGS:
-            out[path.name] = {k: v for k, v in json.loads(path.read_text()).items() if k not in TIMINGS[path.name]}
-        else:
-            out[path.name] = path.read_bytes()
-    del out["manifest.json"]["data"]["cache_dir"]
-    return out
-
-
 def _replace(cfg, **data):
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
 
 
-@pytest.mark.slow  # two preparations, one on Ray
+@pytest.mark.slow  # two preparations, one on Ray resuming a third, killed
 def test_ray_and_local_engines_prepare_identical_bytes(ray_cluster, tiny_corpus, tmp_path, monkeypatch, capsys):
     # Chunks of 3 documents: the 2 actors each clean and tokenise several chunks, results coming back out of order.
     monkeypatch.setattr(pipeline, "CHUNK_DOCS", 3)
@@ -62,10 +54,15 @@ def test_ray_and_local_engines_prepare_identical_bytes(ray_cluster, tiny_corpus,
     ray_cfg = _replace(local_cfg, engine="ray", cache_dir=str(tmp_path / "ray_cache"))
     assert cache_key(ray_cfg) == cache_key(local_cfg)
     local = prepare(local_cfg, progress=False).dir
+    # Ray resumes a local preparation killed after its fifth of 9 chunks (one worker, so the same key)
+    killed = prepare_in_child(_replace(ray_cfg, engine="local", workers=1), kill_after="chunk-000004")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     ray_dir = prepare(ray_cfg, progress=True).dir
-    assert "cleaning on Ray: 2 actors on a cluster of 2 CPUs" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "cleaning on Ray: 2 actors on a cluster of 2 CPUs" in out
+    assert "dedup over 9 cleaned chunks (5 of 9 chunks cleaned by an earlier run)" in err
     assert ray_dir.name == cache_key(local_cfg)
-    local_files, ray_files = _contents(local), _contents(ray_dir)
+    local_files, ray_files = contents(local), contents(ray_dir)
     assert sorted(ray_files) == sorted(
         ["manifest.json", "report.json", "report.png", "tokenizer.model"]
         + [f"{split}{ext}" for split in ("train", "val") for ext in (".bin", ".json", ".offsets.npy")]
@@ -107,6 +104,17 @@ def test_command_line_joins_a_running_cluster_by_address(ray_cluster, tiny_corpu
     (prepared,) = [p for p in tmp_path.iterdir() if (p / "manifest.json").is_file()]
     manifest = json.loads((prepared / "manifest.json").read_text())
     assert "engine" not in manifest["data"] and manifest["data"]["sources"] == [f"dir:{tiny_corpus}"]
+
+
+def test_clusters_form_on_ray_actors_as_by_union_find(ray_cluster):
+    """Star rounds over 2 partitions on 2 actors: a chain in random order, a star and pairs."""
+    chain = np.random.default_rng(0).permutation(np.arange(3, 40, 3))
+    lo = np.r_[chain[:-1], [1, 1, 1, 50, 60]]
+    hi = np.r_[chain[1:], [8, 20, 44, 52, 61]]
+    with cluster(ray_cluster):  # the rounds' actors are kept from round to round, released on leaving
+        labels = star_components(64, lo, hi, Components(functools.partial(map_on_ray, workers=2), partitions=2))
+    assert labels.tolist() == join_components(np.arange(64), lo, hi).tolist()
+    assert labels[chain].tolist() == [3] * len(chain) and labels[[44, 52, 61]].tolist() == [1, 50, 60]
 
 
 def test_missing_ray_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):

@@ -79,6 +79,9 @@ class DataConfig:
     engine: str = "local"
     ray_address: str = ""
     workers: int = 0  # cleaning processes (local) or Ray actors; 0: every CPU of this machine or of the cluster
+    # Near-dedup clusters: union-find in the driver up to this many verified pairs (16 B each), star rounds on the
+    # engine beyond (the same clusters, so not part of the cache key either); 0: always on the engine.
+    union_find_max_pairs: int = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,10 @@ def validate(cfg: Config) -> Config:
             f"data.ray_address={cfg.data.ray_address!r} is for --data.engine=ray: add it or drop the address",
         ),
         (cfg.data.workers >= 0, f"data.workers={cfg.data.workers}: must be >= 0 (0: every CPU)"),
+        (
+            cfg.data.union_find_max_pairs >= 0,
+            f"data.union_find_max_pairs={cfg.data.union_find_max_pairs}: must be >= 0 (0: always on the engine)",
+        ),
         (len(cfg.data.sources) >= 1, "data.sources is empty: name at least one source, e.g. '[\"stdlib\"]'"),
         (pt.stage in ("", "sft", "dpo", "rl"), f"posttrain.stage={pt.stage!r}: use '' (pretraining), sft, dpo or rl"),
         (

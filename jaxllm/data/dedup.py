@@ -10,13 +10,14 @@ and the choice of the kept one depends on input order alone, not on the number o
 The stages are pure functions over arrays, so a distributed engine can run them over shards: `band_rows` (a
 shard's signatures -> (bucket key, document) rows, to shuffle by key), `candidate_edges` (rows of whole key
 groups -> pairs), `verify_edges` (pairs + signatures -> which pairs hold), `join_components` (pairs -> the
-lowest index of each component, by union-find where the pairs fit one machine; an engine with more iterates
-hash-to-min, which ends at the same labels). `DedupIndex` is the local engine's driver: it runs them one band
-at a time.
+lowest index of each component, by union-find where the pairs fit one machine; past a bound,
+components.star_components runs rounds on the engine, which end at the same labels). `DedupIndex` is the driver: it
+runs them one band at a time.
 
 Driver memory per document: 16 B (exact key) + 1 B (has a signature) while documents stream in, and at most
-about 66 B while deciding (the sort of the keys, the result arrays, one band's keys and their sort), measured
-at 1M documents by `python -m jaxllm.bench dedup`; blocks of a few MB come on top. Signatures (4 B x num_perm,
+about 66 B while deciding (the sort of the keys, the result arrays, one band's keys and their sort), plus 16 B
+per distinct verified pair, measured at 1M documents by `python -m jaxllm.bench dedup`; blocks of a few MB come
+on top. Signatures (4 B x num_perm,
 448 B by default) go to a temporary file that the driver maps and pages through: they need disk, not memory.
 """
 
@@ -33,6 +34,7 @@ import numpy as np
 
 from jaxllm.config import ConfigError
 from jaxllm.config.clean import DedupConfig
+from jaxllm.data.components import Components, star_components
 
 SHINGLE_WORD_RE = re.compile(r"\w+")
 # odd 64-bit constant (golden ratio) that combines word hashes into n-gram hashes and seeds each band's key
@@ -237,9 +239,10 @@ class DedupIndex:
     """The local engine's driver: collects each document's exact key and signature as they stream in (keys in
     memory, signatures appended to a temporary file in spill_dir), then `verdicts()` runs the stages."""
 
-    def __init__(self, cfg: DedupConfig, spill_dir=None):
+    def __init__(self, cfg: DedupConfig, spill_dir=None, components: Components = Components()):
         check_config(cfg)
         self.cfg = cfg
+        self.components = components
         self.n = 0
         self._keys: list[np.ndarray] = []
         self._has_signature: list[np.ndarray] = []
@@ -274,7 +277,10 @@ class DedupIndex:
         return Verdicts(np.where(exact, kept_as, parent), exact, cluster_stats(parent, considered, examples) | counts)
 
     def _near(self, signatures: np.ndarray, index: np.ndarray, parent: np.ndarray, counts: dict) -> np.ndarray:
-        """Components of verified pairs, one band at a time: the local form of a shuffle by (band, bucket)."""
+        """Components of verified pairs: candidates one band at a time (the local form of a shuffle by (band,
+        bucket)), the distinct verified pairs joined by union-find or, past components.union_find_max_pairs, by
+        star rounds on the components' engine."""
+        verified = np.zeros((0, 2), np.int64)
         for band in range(self.cfg.bands):
             keys = np.empty(len(index), np.uint64)
             for s in range(0, len(index), _ROWS_BLOCK):
@@ -285,5 +291,8 @@ class DedupIndex:
             ok = verify_edges(lo, hi, signatures, self.cfg.threshold)
             counts["candidate_pairs"] += len(lo)
             counts["verified_pairs"] += int(ok.sum())
-            parent = join_components(parent, lo[ok], hi[ok])
-        return parent
+            verified = np.unique(np.concatenate([verified, np.stack([lo[ok], hi[ok]], 1)]), axis=0)
+        bound = self.components.union_find_max_pairs
+        if bound is None or len(verified) <= bound:
+            return join_components(parent, verified[:, 0], verified[:, 1])
+        return star_components(len(parent), verified[:, 0], verified[:, 1], self.components)

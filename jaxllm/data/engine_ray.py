@@ -2,11 +2,13 @@
 cluster, results in input order.
 
 Only the map differs from the local engine (pipeline.map_locally): chunking, the dedup decision, the merging of
-reports and the writing of shards are the same driver code, so both engines prepare byte-identical data. The
-driver streams chunks round-robin to `workers` actors (one CPU each, the function built once per actor), at most
-two chunks per actor in flight, so memory stays bounded whatever the corpus size. Not a Ray Data dataset: that
-would need the whole input materialised in the driver or the sources rewritten as datasources; ray[data] is
-pinned for that next step.
+reports and the writing of shards are the same driver code, so both engines prepare byte-identical data. The driver
+streams chunks round-robin to `workers` actors (one CPU each, the function built once per actor), at most two chunks
+per actor in flight, so memory stays bounded whatever the corpus size. The actors of a call stay for a next call
+with the same function (the rounds of components.star_components, the two splits' tokenising), since starting them
+costs about a second, and go when a call brings another function, fails, or the cluster is left. Not a Ray Data
+dataset: that would need the whole input materialised in the driver or the sources rewritten as datasources;
+ray[data] is pinned for that next step.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 from typing import Any, Callable, Iterable, Iterator
 
 import ray
+from ray import cloudpickle
 
 
 @ray.remote(num_cpus=1)
@@ -40,12 +43,30 @@ def cluster(address: str) -> Iterator[int]:
     try:
         yield int(ray.cluster_resources().get("CPU", 0))
     finally:
+        _release_actors()
         if started:
             ray.shutdown()
 
 
+_kept: dict[str, Any] = {"key": None, "actors": []}  # the last call's actors and what they were built from
+
+
+def _release_actors() -> None:
+    for actor in _kept["actors"]:
+        ray.kill(actor)
+    _kept.update(key=None, actors=[])
+
+
+def _actors(make: Callable[[], Callable[[Any], Any]], workers: int) -> list:
+    key = (cloudpickle.dumps(make), workers)
+    if _kept["key"] != key:
+        _release_actors()  # an actor holds a CPU: new ones would wait for the old ones forever
+        _kept.update(key=key, actors=[_Worker.remote(make) for _ in range(workers)])
+    return _kept["actors"]
+
+
 def map_on_ray(chunks: Iterable[Any], make: Callable[[], Callable[[Any], Any]], workers: int) -> Iterator[Any]:
-    actors = [_Worker.remote(make) for _ in range(max(workers, 1))]
+    actors, finished = _actors(make, max(workers, 1)), False
     try:
         pending = collections.deque()
         # Each actor runs its calls in submission order, so taking results from the front keeps input order.
@@ -55,6 +76,7 @@ def map_on_ray(chunks: Iterable[Any], make: Callable[[], Callable[[Any], Any]], 
                 yield ray.get(pending.popleft())
         while pending:
             yield ray.get(pending.popleft())
+        finished = True
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        if not finished:  # calls may still be queued on the actors: none may reach the next call
+            _release_actors()

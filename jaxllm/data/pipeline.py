@@ -1,35 +1,38 @@
-"""The cleaning pipeline over a stream of documents: clean in worker processes, dedup the whole corpus, report.
+"""The cleaning pipeline over a stream of documents: clean on an engine, dedup the whole corpus, report.
 
 Two passes. First, documents are cut into chunks (about 1 MB) and an engine maps Cleaner.clean_chunk over them:
 the local one (map_locally) a pool of `workers` processes with at most two chunks per worker in flight, the Ray
 one (engine_ray.py) actors of a Ray cluster. The engine is the only part that differs: the parent takes the
-results in input order, writes the cleaned documents to a
-temporary spill file and hands each one's exact key and MinHash signature to the dedup driver (dedup.DedupIndex:
-17 bytes of memory per document, at most about 66 while deciding). Once the corpus is through, dedup decides which
-document of each group to keep (the lowest input index); the second pass reads the spill back in order and yields
-the kept ones. Memory stays bounded whatever the corpus size, and the output and the report depend on the input
-order alone, not on the engine or its number of workers. Local workers are spawned, not forked: the caller may
-already have started JAX, whose threads do not survive a fork.
+results in input order and publishes each chunk (its report, exact keys, MinHash signatures and cleaned documents)
+as a unit of the work directory (units.Units), so a rerun after a crash cleans only the chunks not yet published.
+Once the corpus is through, the dedup driver (dedup.DedupIndex: 17 bytes of memory per document, at most about 66
+while deciding) reads the keys and signatures back and decides which document of each group to keep (the lowest
+input index); the decision is published too, and the second pass reads the chunks back in order and yields the
+kept documents. Memory stays bounded whatever the corpus size, and the output and the report depend on the input
+order alone, not on the engine, its number of workers or where a crash interrupted an earlier run. Local workers
+are spawned, not forked: the caller may already have started JAX, whose threads do not survive a fork.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 import multiprocessing
 import os
-import pickle
 import sys
 import tempfile
 import time
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from jaxllm.config.clean import CleanConfig
 from jaxllm.data.clean import Cleaned, Cleaner
+from jaxllm.data.components import Components
 from jaxllm.data.dedup import DedupIndex, Verdicts
 from jaxllm.data.report import Report
 from jaxllm.data.sources import Document, SourceStats
+from jaxllm.data.units import Units, map_units, unit_name
 
 CHUNK_DOCS = 256
 CHUNK_BYTES = 1 << 20
@@ -90,43 +93,62 @@ def chunk_cleaner(cfg: CleanConfig) -> Callable[[list[Document]], CleanedChunk]:
     return Cleaner(cfg).clean_chunk
 
 
-def _clean_and_spill(
-    docs: Iterable[Document],
-    cfg: CleanConfig,
-    engine: Engine,
-    report: Report,
-    progress: bool,
-    spill: IO[bytes],
-    index: DedupIndex,
-) -> None:
-    """First pass: cleaning counts into report, cleaned (document, bytes) chunks pickled into spill, dedup keys
-    into index."""
+def _clean_chunks(
+    docs: Iterable[Document], cfg: CleanConfig, engine: Engine, units: Units, progress: bool
+) -> tuple[int, int]:
+    """First pass: each chunk of documents not yet published is cleaned on the engine and published as unit
+    chunk-<i>: (its report, exact keys, signatures), then its cleaned (document, bytes) pairs. Returns the number
+    of chunks and how many of them an earlier run had published."""
     start = last_print = time.perf_counter()
-    for cleaned, chunk_report in engine(_chunks(docs), functools.partial(chunk_cleaner, cfg)):
-        report.merge(chunk_report)
-        pickle.dump([(c.doc, c.n_bytes) for c in cleaned], spill, pickle.HIGHEST_PROTOCOL)
-        index.add([c.exact_key for c in cleaned], [c.signature for c in cleaned])
+    seen = [0]
+
+    def say_progress(result: CleanedChunk) -> None:
+        nonlocal last_print
+        seen[0] += result[1].stages["normalize"].docs_in
         now = time.perf_counter()
         if progress and now - last_print >= PROGRESS_EVERY_S:
             last_print = now
-            seen = report.stages["normalize"].docs_in
-            print(
-                f"[data] cleaning: {seen:,} documents, {seen / (now - start):,.0f} docs/s, {index.n:,} cleaned",
-                file=sys.stderr,
-                flush=True,
-            )
+            rate = seen[0] / (now - start)
+            print(f"[data] cleaning: {seen[0]:,} documents, {rate:,.0f} docs/s", file=sys.stderr, flush=True)
+
+    def objects(result: CleanedChunk) -> tuple:
+        cleaned, report = result
+        dedup_input = (report, [c.exact_key for c in cleaned], [c.signature for c in cleaned])
+        return dedup_input, [(c.doc, c.n_bytes) for c in cleaned]
+
+    make = functools.partial(chunk_cleaner, cfg)
+    return map_units(units, "chunk", _chunks(docs), engine, make, objects, say_progress)
 
 
-def _spilled(spill: IO[bytes]) -> Iterator[tuple[Document, int]]:
-    spill.seek(0)
-    while True:
-        try:
-            yield from pickle.load(spill)
-        except EOFError:
-            return
+def _decide(units: Units, chunks: int, cfg: CleanConfig, report: Report, components: Components) -> Verdicts:
+    """Merges the chunks' reports into report and returns dedup's decision over the whole corpus, published as the
+    unit 'dedup' (a rerun that finds it reads it back). The signatures' temporary file goes to the work directory."""
+    decided = units.done("dedup")
+    index = None if decided else DedupIndex(cfg.dedup, units.directory, components)
+    try:
+        for i in range(chunks):
+            chunk_report, keys, signatures = next(units.load(unit_name("chunk", i)))
+            report.merge(chunk_report)
+            if index is not None:
+                index.add(keys, signatures)
+        if decided:
+            return next(units.load("dedup"))
+        verdicts = index.verdicts(report.max_examples)
+    finally:
+        if index is not None:
+            index.close()
+    units.publish("dedup", verdicts)
+    return verdicts
 
 
-def _dedup_pass(spill: IO[bytes], verdicts: Verdicts, report: Report) -> Iterator[Document]:
+def _cleaned(units: Units, chunks: int) -> Iterator[tuple[Document, int]]:
+    for i in range(chunks):
+        objects = units.load(unit_name("chunk", i))
+        next(objects)  # the dedup input
+        yield from next(objects)
+
+
+def _dedup_pass(cleaned: Iterable[tuple[Document, int]], verdicts: Verdicts, report: Report) -> Iterator[Document]:
     """Second pass: the kept documents in input order, each removed one counted in report, its cluster statistics
     set. Ids are kept only of the documents the report names (the first examples of each stage and what they
     duplicate, the example clusters); a kept document always comes before those removed for resembling it."""
@@ -136,7 +158,7 @@ def _dedup_pass(spill: IO[bytes], verdicts: Verdicts, report: Report) -> Iterato
     }
     named.update(i for c in largest for i in [c["kept"], *c["members"]])
     ids = {}
-    for i, (doc, n_bytes) in enumerate(_spilled(spill)):
+    for i, (doc, n_bytes) in enumerate(cleaned):
         if i in named:
             ids[i] = doc.id
         kept_as = int(verdicts.kept_as[i])
@@ -161,29 +183,29 @@ def iter_clean(
     workers: int,
     report: Report,
     progress: bool = True,
-    spill_dir: str | os.PathLike | None = None,
+    work_dir: str | os.PathLike | None = None,
     engine: Engine | None = None,
+    components: Components = Components(),
 ) -> Iterator[Document]:
     """Cleaned, deduplicated documents in input order, once the whole input is cleaned (the first pass runs at
-    the first `next`); `report` is complete once the iterator is exhausted. The temporary files (the cleaned
-    documents and their signatures) go to spill_dir, the system's default when None, and are gone on return.
-    engine None is the local one with `workers` processes; another engine says how many workers it has."""
+    the first `next`); `report` is complete once the iterator is exhausted. Each cleaned chunk and dedup's decision
+    are published in work_dir (units.Units), so a rerun over the same input and work_dir after a crash cleans only
+    the chunks not yet published; None: a temporary directory, gone on return. engine None is the local one with
+    `workers` processes; another engine says how many workers it has. `components` says where dedup's clusters
+    are formed."""
     report.workers = max(workers, 1)
     engine = engine or functools.partial(map_locally, workers=workers)
     start = time.perf_counter()
-    index = DedupIndex(cfg.dedup, spill_dir)
-    try:
-        with tempfile.TemporaryFile(prefix="cleaned-", dir=spill_dir) as spill:
-            _clean_and_spill(docs, cfg, engine, report, progress, spill, index)
-            if progress:
-                print(f"[data] dedup over {index.n:,} cleaned documents", file=sys.stderr, flush=True)
-            # Dedup's decision stays here on every engine: its memory is small and stated (above). Past one machine,
-            # band_rows/candidate_edges/verify_edges would run as engine tasks and join_components as hash-to-min
-            # rounds over the edges (min label per component, the lowest index kept), replacing this call.
-            verdicts = index.verdicts(report.max_examples)
-            yield from _dedup_pass(spill, verdicts, report)
-    finally:
-        index.close()
+    with contextlib.ExitStack() as stack:
+        if work_dir is None:
+            work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cleaned-"))
+        units = Units(work_dir)
+        chunks, resumed = _clean_chunks(docs, cfg, engine, units, progress)
+        if progress:
+            done_before = f" ({resumed} of {chunks} chunks cleaned by an earlier run)" if resumed else ""
+            print(f"[data] dedup over {chunks:,} cleaned chunks{done_before}", file=sys.stderr, flush=True)
+        verdicts = _decide(units, chunks, cfg, report, components)
+        yield from _dedup_pass(_cleaned(units, chunks), verdicts, report)
     report.seconds = time.perf_counter() - start
 
 
@@ -193,15 +215,20 @@ def clean_corpus(
     workers: int,
     progress: bool = True,
     source_stats: SourceStats | None = None,
-    spill_dir: str | os.PathLike | None = None,
+    work_dir: str | os.PathLike | None = None,
     engine: Engine | None = None,
+    components: Components = Components(),
 ) -> tuple[list[Document], Report]:
     """All cleaned documents and the finished report (pass the sources' stats to have them in the report).
 
     With cfg.enabled false the documents come back unchanged and the report counts nothing.
     """
     report = Report(cfg.examples)
-    kept = list(iter_clean(docs, cfg, workers, report, progress, spill_dir, engine)) if cfg.enabled else list(docs)
+    kept = (
+        list(iter_clean(docs, cfg, workers, report, progress, work_dir, engine, components))
+        if cfg.enabled
+        else list(docs)
+    )
     if source_stats is not None:
         report.sources = {
             "files_read": source_stats.files_read,

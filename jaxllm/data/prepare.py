@@ -1,12 +1,16 @@
 """Preparation: sources -> clean and dedup (report.json, report.png) -> train/val split -> tokenizer -> token
-shards, cached by content.
+shards, cached by content, resumable after a crash.
 
 The prepared directory is `data.cache_dir/<key>`, where the key hashes every setting that shapes the result, a
 fingerprint of the inputs (sizes and modification times) and the preparing code itself, so changed inputs,
-settings or code prepare anew and unchanged ones are reused. Everything is written into a temporary directory
-renamed into place at the end: an interrupted preparation leaves nothing a later run would trust. The engine that
-cleans (data.engine: local or Ray) changes where the work runs, never the bytes: it is not part of the key or the
-manifest.
+settings or code prepare anew and unchanged ones are reused. The work is a sequence of units published whole in
+`data.cache_dir/.<key>.work` (units.Units): each cleaned chunk, dedup's decision over the corpus, the tokenizer
+trained on its sample, each tokenised chunk. A rerun after a crash (kill -9 included) redoes only the units not
+yet published and gives the same bytes as an uninterrupted run; the split is recomputed, being a hash of each
+document's id. The prepared files are then written from the units into a directory renamed into place once
+complete, manifest.json last, and the units deleted: a reader never sees a partial preparation. The engine that
+cleans and tokenises (data.engine: local or Ray) changes where the work runs, never the bytes: it is not part of
+the key or the manifest, and a run on one engine resumes another's units.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ import numpy as np
 from jaxllm import tokenizer as tok
 from jaxllm.config import Config, ConfigError, DataConfig
 from jaxllm.data import shards
+from jaxllm.data.components import Components
 from jaxllm.data.pipeline import Engine, clean_corpus, map_locally
 from jaxllm.data.sources import Document, SourceStats, check_sources, input_paths, iter_documents, stdlib_root
+from jaxllm.data.units import Units, map_units, unit_name
 
 
 @functools.cache
@@ -90,7 +96,8 @@ def _input_fingerprint(sources: tuple[str, ...]) -> list:
 
 
 ENCODE_DOCS = 256  # documents per tokenising chunk
-ENGINE_SETTINGS = ("engine", "ray_address", "workers")  # how the data is prepared, not what it is
+# how the data is prepared, not what it is
+ENGINE_SETTINGS = ("engine", "ray_address", "workers", "union_find_max_pairs")
 
 
 def _data_settings(data: DataConfig) -> dict:
@@ -146,8 +153,16 @@ def chunk_encoder(name: str, model: bytes) -> Callable[[list[str]], list[np.ndar
     return lambda texts: [np.asarray(ids, np.int32) for ids in tokenizer.encode_batch(texts)]
 
 
+def _components(data: DataConfig, engine: Engine, workers: int) -> Components:
+    """Near dedup's cluster rounds, when there are too many pairs for union-find: on the Ray actors, or in this
+    process on the local engine (a pool of spawned workers would cost seconds a round)."""
+    if data.engine == "ray":
+        return Components(engine, workers, data.union_find_max_pairs)
+    return Components(None, 1, data.union_find_max_pairs)
+
+
 def _collect(
-    cfg: Config, out: pathlib.Path, progress: bool, engine: Engine, workers: int
+    cfg: Config, work: pathlib.Path, out: pathlib.Path, progress: bool, engine: Engine, workers: int
 ) -> tuple[list[Document], list[Document], dict]:
     stats = SourceStats()
     docs, report = clean_corpus(
@@ -156,8 +171,9 @@ def _collect(
         workers,
         progress,
         source_stats=stats,
-        spill_dir=out,  # the cleaning pass's temporary files on the cache's disk, unnamed: gone when it ends
+        work_dir=work / "clean",
         engine=engine,
+        components=_components(cfg.data, engine, workers),
     )
     report.write(out)
     if progress:
@@ -206,36 +222,67 @@ def _tokenizer_lines(docs: list[Document], budget_bytes: int):
             return
 
 
-def _build(cfg: Config, tmp: pathlib.Path, progress: bool) -> dict:
-    with _engine(cfg.data, progress) as (engine, workers):
-        return _build_on(cfg, tmp, progress, engine, workers)
-
-
-def _build_on(cfg: Config, tmp: pathlib.Path, progress: bool, engine: Engine, workers: int) -> dict:
-    t0 = time.perf_counter()
-    train, val, summary = _collect(cfg, tmp, progress, engine, workers)
-    t1 = time.perf_counter()
+def _train_tokenizer(cfg: Config, train: list[Document], val: list[Document], out: pathlib.Path) -> tok.Tokenizer:
     if cfg.data.tokenizer == "char":
-        tokenizer = tok.train_char((d.text for d in train + val), tmp / "tokenizer.json")
+        tokenizer = tok.train_char((d.text for d in train + val), out / "tokenizer.json")
         if tokenizer.vocab_size > cfg.model.vocab_size:
             raise ConfigError(
                 f"the corpus has {tokenizer.vocab_size} distinct characters and specials but "
                 f"model.vocab_size={cfg.model.vocab_size}; set --model.vocab_size={tokenizer.vocab_size}"
             )
-    else:
-        tokenizer = tok.train_bpe(
-            _tokenizer_lines(train, cfg.data.tokenizer_train_bytes), cfg.model.vocab_size, tmp / "tokenizer.model"
-        )
-    t2 = time.perf_counter()
-    _say(progress, f"tokenizer ({cfg.data.tokenizer}, {tokenizer.vocab_size} tokens) trained in {t2 - t1:.1f}s")
-    splits = {}
-    # Tokenised on the engine in chunks of ENCODE_DOCS documents, written here in input order.
+        return tokenizer
+    return tok.train_bpe(
+        _tokenizer_lines(train, cfg.data.tokenizer_train_bytes), cfg.model.vocab_size, out / "tokenizer.model"
+    )
+
+
+def _tokenizer(cfg: Config, train: list[Document], val: list[Document], units: Units, out: pathlib.Path):
+    """The tokenizer in `out`: trained and published as the unit 'tokenizer' (file name, bytes) the first time,
+    read back from it by a rerun after a crash."""
+    if not units.done("tokenizer"):
+        with tempfile.TemporaryDirectory(dir=units.directory) as directory:
+            trained = _train_tokenizer(cfg, train, val, pathlib.Path(directory))
+            units.publish("tokenizer", trained.path.name, trained.path.read_bytes())
+    name, model = units.load("tokenizer")
+    (out / name).write_bytes(model)
+    return tok.load(out / name)
+
+
+def _encode_split(
+    name: str, docs: list[Document], tokenizer: tok.Tokenizer, units: Units, out: pathlib.Path, engine: Engine
+) -> tuple[dict, int]:
+    """Tokenises the split on the engine in chunks of ENCODE_DOCS documents, each published as a unit (those an
+    earlier run published are not redone), then writes the split's shard from them in input order; returns its
+    index and how many chunks an earlier run had published."""
     encoder = functools.partial(chunk_encoder, tokenizer.path.name, tokenizer.path.read_bytes())
+    texts = ([d.text for d in docs[i : i + ENCODE_DOCS]] for i in range(0, len(docs), ENCODE_DOCS))
+    chunks, resumed = map_units(units, name, texts, engine, encoder)
+    encoded = itertools.chain.from_iterable(next(units.load(unit_name(name, i))) for i in range(chunks))
+    n_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
+    index = shards.write_split(out, name, encoded, n_bytes, tokenizer.vocab_size, tokenizer.bos)
+    index["sha256"] = hashlib.sha256((out / f"{name}.bin").read_bytes()).hexdigest()
+    return index, resumed
+
+
+def _build(cfg: Config, work: pathlib.Path, out: pathlib.Path, progress: bool) -> dict:
+    with _engine(cfg.data, progress) as (engine, workers):
+        return _build_on(cfg, work, out, progress, engine, workers)
+
+
+def _build_on(cfg: Config, work: pathlib.Path, out: pathlib.Path, progress: bool, engine: Engine, workers: int) -> dict:
+    """Builds the prepared files in `out` from the units of `work`, running the units not yet published."""
+    t0 = time.perf_counter()
+    train, val, summary = _collect(cfg, work, out, progress, engine, workers)
+    t1 = time.perf_counter()
+    units = Units(work / "tokenize")
+    tokenizer = _tokenizer(cfg, train, val, units, out)
+    t2 = time.perf_counter()
+    _say(progress, f"tokenizer ({cfg.data.tokenizer}, {tokenizer.vocab_size} tokens) ready in {t2 - t1:.1f}s")
+    splits = {}
     for name, docs in (("train", train), ("val", val)):
-        texts = ([d.text for d in docs[i : i + ENCODE_DOCS]] for i in range(0, len(docs), ENCODE_DOCS))
-        encoded = itertools.chain.from_iterable(engine(texts, encoder))
-        n_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
-        splits[name] = shards.write_split(tmp, name, encoded, n_bytes, tokenizer.vocab_size, tokenizer.bos)
+        splits[name], resumed = _encode_split(name, docs, tokenizer, units, out, engine)
+        if resumed:
+            _say(progress, f"{name}: {resumed} tokenised chunks were published by an earlier run")
     t3 = time.perf_counter()
     for name, index in splits.items():
         _say(
@@ -278,18 +325,18 @@ def prepare(cfg: Config, progress: bool = True) -> Prepared:
     if (final / "manifest.json").is_file():
         return load_prepared(final)
     _say(progress, f"preparing {list(cfg.data.sources)} into {final}")
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    work = root / f".{final.name}.work"  # the units, kept by a crash for the rerun to resume from
+    out = work / f"prepared-{os.getpid()}"  # the files of `final`, renamed into place when complete
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     try:
-        manifest = _build(cfg, tmp, progress)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process (a second host on a shared disk) finished the same data first
-            if not (final / "manifest.json").is_file():
-                raise
+        manifest = _build(cfg, work, out, progress)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        os.replace(out, final)
+    except OSError:  # another process (a second host on a shared disk) finished the same data first
+        if not (final / "manifest.json").is_file():
+            raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     return load_prepared(final)
