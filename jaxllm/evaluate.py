@@ -7,7 +7,11 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+import tempfile
 
+from etils import epath
+
+from jaxllm import storage
 from jaxllm.cli import ArgumentParser, run_main
 from jaxllm.config import ConfigError
 from jaxllm.eval.suite import evaluate_runs, format_table, lineage, plot_tasks
@@ -26,8 +30,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--text_windows", type=int, default=64, help="held-out windows of model.block_size")
     parser.add_argument("--out", default="", help="JSON file (default: <last run_dir>/evaluation.json)")
     args = parser.parse_args(argv)
-    run_dirs: list[pathlib.Path] = []
-    for d in map(pathlib.Path, args.run_dir):
+    run_dirs: list[epath.Path] = []
+    for d in map(storage.path, args.run_dir):
         if not (d / "checkpoints").is_dir():
             raise ConfigError(f"--run_dir={d} holds no checkpoints: train it first")
         for r in lineage(d) if args.lineage else [d]:
@@ -35,11 +39,14 @@ def main(argv: list[str]) -> int:
                 run_dirs.append(r)
     results = evaluate_runs(run_dirs, args.choices, args.text_windows)
     print(format_table(results))
-    out = pathlib.Path(args.out or pathlib.Path(args.run_dir[-1]) / "evaluation.json")
-    out.write_text(json.dumps(results, indent=2))
+    out = storage.path(args.out or storage.path(args.run_dir[-1]) / "evaluation.json")
+    storage.write_bytes(out, json.dumps(results, indent=2).encode())
     written = [str(out)]
-    if plot_tasks(results, out.with_suffix(".png")):
-        written.append(str(out.with_suffix(".png")))
+    with tempfile.TemporaryDirectory() as tmp:  # the plot is drawn locally, then written whole where `out` is
+        png = pathlib.Path(tmp) / "tasks.png"
+        if plot_tasks(results, png):
+            storage.write_bytes(out.with_suffix(".png"), png.read_bytes())
+            written.append(str(out.with_suffix(".png")))
     print(f"\nwritten: {', '.join(written)}")
     return 0
 

@@ -4,7 +4,6 @@ is sampled; several (`--prompt` repeated) are decoded as one left-padded batch a
 
 from __future__ import annotations
 
-import pathlib
 import sys
 
 from jaxllm.cli import ArgumentParser, run_main
@@ -21,7 +20,7 @@ def main(argv: list[str]) -> int:
     add_sampling_flags(parser)
     args = parser.parse_args(argv)
     sampling = sampling_from_args(args)
-    run = load_run(pathlib.Path(args.run_dir), args.step)
+    run = load_run(args.run_dir, args.step)  # local or gs://
     prompts = args.prompt or [""]
     try:
         for prompt in prompts:

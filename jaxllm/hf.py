@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import shutil
 import sys
 
 import jax
+from etils import epath
 
-from jaxllm import sharding
+from jaxllm import sharding, storage
 from jaxllm import tokenizer as tok
 from jaxllm.cli import ArgumentParser, run_main
 from jaxllm.config import Config, ConfigError, DataConfig, ModelConfig, config_from_dict
@@ -28,7 +30,8 @@ from jaxllm.train import step as step_lib
 from jaxllm.train.checkpoint import load_run
 
 
-def export(run_dir: pathlib.Path, out: pathlib.Path, step: int | None = None) -> pathlib.Path:
+def export(run_dir: str | os.PathLike, out: pathlib.Path, step: int | None = None) -> pathlib.Path:
+    """Writes the run's checkpoint (local or gs://) as a transformers directory `out` (local)."""
     run = load_run(run_dir, step)
     m = run.cfg.model
     out = pathlib.Path(out)
@@ -82,9 +85,9 @@ def _import_tokenizer(
     return name, (hf_dir / found).read_bytes(), TOKENIZER_KINDS[found], m, params
 
 
-def import_(hf_dir: pathlib.Path, run_dir: pathlib.Path) -> pathlib.Path:
-    """Writes a step-0 checkpoint (parameters, fresh optimizer state) of the HF model into run_dir."""
-    hf_dir, run_dir = pathlib.Path(hf_dir), pathlib.Path(run_dir)
+def import_(hf_dir: pathlib.Path, run_dir: str | os.PathLike) -> epath.Path:
+    """Writes a step-0 checkpoint (parameters, fresh optimizer state) of the HF model into run_dir (local or gs://)."""
+    hf_dir, run_dir = pathlib.Path(hf_dir), storage.path(run_dir)
     found = _tokenizer_file(hf_dir)  # before reading gigabytes of weights
     tokenizer_name, tokenizer_data, kind, m, params = _import_tokenizer(hf_dir, found, *hf.load_hf(hf_dir))
     saved = hf_dir / "jaxllm.json"
@@ -96,18 +99,19 @@ def import_(hf_dir: pathlib.Path, run_dir: pathlib.Path) -> pathlib.Path:
         cfg = Config(name=f"hf-{hf_dir.name}", model=m, data=DataConfig(tokenizer=kind))
     if (run_dir / "checkpoints").is_dir():
         raise ConfigError(f"--run_dir={run_dir} already holds checkpoints: import into a new directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / tokenizer_name).write_bytes(tokenizer_data)
+    local = storage.local_cache(run_dir)  # the tokenizer libraries read local files: a gs:// run's, a local copy
+    local.mkdir(parents=True, exist_ok=True)
+    (local / tokenizer_name).write_bytes(tokenizer_data)
     mesh = sharding.make_mesh(cfg)
     trainer, _ = step_lib.make_trainer(cfg, mesh)
     with jax.set_mesh(mesh):
         state = step_lib.init_state(cfg, trainer, jax.device_put(params, trainer.state_shardings["params"]))
         mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints)
-        tokenizer = tok.load(run_dir / tokenizer_name)
+        tokenizer = tok.load(local / tokenizer_name)
         checkpoint.save(mngr, 0, state, cfg, tokenizer, {"provenance": provenance.of_import(hf_dir, tokenizer.path)})
         mngr.wait_until_finished()
         mngr.close()
-    (run_dir / "config.json").write_text(cfg.to_json())
+    storage.write_bytes(run_dir / "config.json", cfg.to_json().encode())
     return run_dir
 
 
@@ -123,13 +127,13 @@ def main(argv: list[str]) -> int:
     im.add_argument("--run_dir", required=True)
     args = parser.parse_args(argv)
     if args.command == "export":
-        out = export(pathlib.Path(args.run_dir), pathlib.Path(args.out), args.step)
+        out = export(args.run_dir, pathlib.Path(args.out), args.step)
         print(
             f"wrote {out}/config.json, model.safetensors, the tokenizer and the model card (README.md): "
             f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r}) loads it"
         )
     else:
-        run_dir = import_(pathlib.Path(args.hf_dir), pathlib.Path(args.run_dir))
+        run_dir = import_(pathlib.Path(args.hf_dir), args.run_dir)
         print(f"wrote a step-0 checkpoint to {run_dir}: python -m jaxllm.generate --run_dir={run_dir} --prompt=...")
     return 0
 

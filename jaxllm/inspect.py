@@ -3,7 +3,6 @@ each post-training stage -> export, one block per link, with hashes, steps and f
 
 from __future__ import annotations
 
-import pathlib
 import sys
 
 from jaxllm.cli import ArgumentParser, run_main
@@ -14,7 +13,7 @@ def main(argv: list[str]) -> int:
     parser = ArgumentParser(prog="python -m jaxllm.inspect", description=__doc__.split("\n")[0])
     parser.add_argument("--run_dir", required=True, help="a run directory (pretraining, post-training or imported)")
     args = parser.parse_args(argv)
-    print(lineage.text(lineage.links(pathlib.Path(args.run_dir))))
+    print(lineage.text(lineage.links(args.run_dir)))  # local or gs://
     return 0
 
 

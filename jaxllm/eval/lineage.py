@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 
+from etils import epath
+
+from jaxllm import storage
 from jaxllm.config import Config, ConfigError, config_from_dict
 from jaxllm.eval.suite import lineage
 from jaxllm.model.accounting import param_count
@@ -26,7 +30,7 @@ EVALUATION = "evaluation.json"  # python -m jaxllm.evaluate's default output, in
 class Link:
     """One run of a lineage, as its checkpoint at `step` and its directory tell."""
 
-    run_dir: pathlib.Path
+    run_dir: epath.Path  # local or gs://
     step: int
     cfg: Config
     provenance: dict  # jaxllm.train.provenance's record; {} for a checkpoint made before it was recorded
@@ -49,7 +53,7 @@ class Link:
         return self.step * self.cfg.train.batch_size * length
 
 
-def _last_evaluation(run_dir: pathlib.Path, step: int, final: dict) -> dict:
+def _last_evaluation(run_dir: epath.Path, step: int, final: dict) -> dict:
     """The figures of the run's last evaluation at or before step (the checkpoint's final ones without a log)."""
     records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "val_loss" in r and r["step"] <= step]
     if not records:
@@ -57,7 +61,7 @@ def _last_evaluation(run_dir: pathlib.Path, step: int, final: dict) -> dict:
     return {k: v for k, v in records[-1].items() if k not in ("step", "time_s")}
 
 
-def _link(run_dir: pathlib.Path, step: int | None) -> Link:
+def _link(run_dir: epath.Path, step: int | None) -> Link:
     mngr = checkpoint.manager(run_dir, read_only=True)
     step = mngr.latest_step() if step is None else step
     meta = checkpoint.read_meta(mngr, step)
@@ -72,9 +76,9 @@ def _link(run_dir: pathlib.Path, step: int | None) -> Link:
     )
 
 
-def links(run_dir: pathlib.Path, step: int | None = None) -> list[Link]:
+def links(run_dir: str | os.PathLike, step: int | None = None) -> list[Link]:
     """run_dir's lineage, oldest first, each at its latest checkpoint (run_dir's own at `step` if given)."""
-    run_dir = pathlib.Path(run_dir)
+    run_dir = storage.path(run_dir)
     if not (run_dir / "checkpoints").is_dir():
         raise ConfigError(
             f"--run_dir={run_dir} holds no checkpoints: pass a run directory (python -m jaxllm.train, sft, dpo, "
@@ -88,10 +92,10 @@ def links(run_dir: pathlib.Path, step: int | None = None) -> list[Link]:
     return runs[imported[-1] :] if imported else runs
 
 
-def evaluations(chain: list[Link]) -> dict[pathlib.Path, dict]:
-    """python -m jaxllm.evaluate's headline figures for the runs of the chain, from the evaluation.json files in
-    their directories (a later run's file wins): held-out loss and bits/byte, multiple choice, pass@1 per task,
-    DPO's held-out reward accuracy."""
+def evaluations(chain: list[Link]) -> dict[str, dict]:
+    """python -m jaxllm.evaluate's headline figures for the runs of the chain, by each run's absolute path, from the
+    evaluation.json files in their directories (a later run's file wins): held-out loss and bits/byte, multiple
+    choice, pass@1 per task, DPO's held-out reward accuracy."""
     out = {}
     for link in chain:
         path = link.run_dir / EVALUATION
@@ -102,20 +106,19 @@ def evaluations(chain: list[Link]) -> dict[pathlib.Path, dict]:
             figures |= {f"pass@1 {task}": t["pass@1"] for task, t in r.get("tasks", {}).items()}
             if "dpo_heldout" in r:
                 figures["DPO held-out reward_acc"] = r["dpo_heldout"]["reward_acc"]
-            out[pathlib.Path(name).resolve()] = figures
+            out[storage.resolve(name)] = figures
     return out
 
 
-def record_export(run_dir: pathlib.Path, out: pathlib.Path, step: int) -> None:
+def record_export(run_dir: str | os.PathLike, out: pathlib.Path, step: int) -> None:
     """Appends the export to the run's EXPORTS, once per directory and step."""
     record = {"out": str(pathlib.Path(out).resolve()), "step": step}
-    path = pathlib.Path(run_dir) / EXPORTS
+    path = storage.path(run_dir) / EXPORTS
     if record in read_jsonl(path):
         return
     try:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    except OSError:  # a read-only run (someone else's) still exports; only its list of exports lacks this one
+        storage.append_line(path, json.dumps(record))
+    except (OSError, ConfigError):  # a read-only run (someone else's) still exports; only its list lacks this one
         pass
 
 
@@ -240,7 +243,7 @@ def card(chain: list[Link], out: pathlib.Path) -> str:
         "",
     ]
     evaluated = evaluations(chain)
-    rows = [(link, evaluated[link.run_dir.resolve()]) for link in chain if link.run_dir.resolve() in evaluated]
+    rows = [(link, evaluated[key]) for link in chain if (key := storage.resolve(link.run_dir)) in evaluated]
     if rows:
         lines += ["## Evaluation", "", "python -m jaxllm.evaluate:", ""]
         lines += [f"- {link.stage} (`{link.run_dir}`): {_numbers(figures)}" for link, figures in rows]

@@ -19,10 +19,13 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import os
 import pathlib
 
 import numpy as np
+from etils import epath
 
+from jaxllm import storage
 from jaxllm.config import ConfigError, config_from_dict
 from jaxllm.data.prepare import prepare
 from jaxllm.eval import verifiable
@@ -37,17 +40,17 @@ from jaxllm.train.checkpoint import load_run
 from jaxllm.train.evaluation import bits_per_byte
 
 
-def lineage(run_dir: pathlib.Path) -> list[pathlib.Path]:
-    """run_dir and the runs it started from, oldest first (a Hugging Face start ends the chain)."""
-    chain = [pathlib.Path(run_dir)]
+def lineage(run_dir: str | os.PathLike) -> list[epath.Path]:
+    """run_dir and the runs it started from, oldest first (a Hugging Face start ends the chain); local or gs://."""
+    chain = [storage.path(run_dir)]
     while True:
         mngr = checkpoint.manager(chain[0], read_only=True)
         meta = checkpoint.read_meta(mngr) if (chain[0] / "checkpoints").is_dir() else None
         mngr.close()
         start = config_from_dict(meta["config"]).train.init_from if meta else ""
-        if not start or start.startswith("hf:") or pathlib.Path(start) in chain:
+        if not start or start.startswith("hf:") or storage.path(start) in chain:
             return chain
-        chain.insert(0, pathlib.Path(start))
+        chain.insert(0, storage.path(start))
 
 
 def compressor_bpb(text: str) -> dict[str, float]:
@@ -183,7 +186,7 @@ def evaluate_runs(
             sample = lambda prompts, run=run: replies(run, prompts, tasks.REPLY_TOKENS, temperature=1.0)
             result["tasks_sampled"] = verifiable.sampled_pass(problems, sample)
         if run.cfg.posttrain.stage == "dpo":
-            reference = runs.get(run.cfg.train.init_from) or load_run(pathlib.Path(run.cfg.train.init_from))
+            reference = runs.get(run.cfg.train.init_from) or load_run(run.cfg.train.init_from)
             pairs = chat_data.load(run.cfg.posttrain.preferences, "preferences", run.cfg.posttrain.val_fraction)[1]
             rows, _ = pair_rows(pairs, run.tokenizer, run.cfg.posttrain.seq_len)
             result["dpo_heldout"] = preference_metrics(

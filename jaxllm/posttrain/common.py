@@ -8,12 +8,11 @@ starting run's checkpoint (`train.init_from`): an experiment names the run it st
 
 from __future__ import annotations
 
-import pathlib
 from typing import Callable
 
 import numpy as np
 
-from jaxllm import sharding
+from jaxllm import sharding, storage
 from jaxllm.config import Config, ConfigError, config_from_dict, replace, validate
 from jaxllm.inference.generate import SamplingConfig, complete
 from jaxllm.posttrain.chat_template import render, reply_prompt, stop_ids, training_row
@@ -22,7 +21,7 @@ from jaxllm.train import checkpoint
 
 
 def _starting_meta(cfg: Config) -> dict:
-    run_dir = pathlib.Path(cfg.train.init_from)
+    run_dir = storage.path(cfg.train.init_from)  # local or gs://
     if not (run_dir / "checkpoints").is_dir():
         raise ConfigError(
             f"train.init_from={run_dir} holds no checkpoint: run the stage before this one first "
@@ -44,7 +43,7 @@ def start_config(cfg: Config) -> Config:
 
 def starting_tokenizer(cfg: Config) -> Tokenizer:
     """The tokenizer stored in the starting checkpoint (written beside it, in the starting run's directory)."""
-    return checkpoint.tokenizer_from_meta(_starting_meta(cfg), pathlib.Path(cfg.train.init_from))
+    return checkpoint.tokenizer_from_meta(_starting_meta(cfg), cfg.train.init_from)
 
 
 def conversation_rows(

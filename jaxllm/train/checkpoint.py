@@ -2,8 +2,10 @@
 where the model came from (jaxllm.train.provenance).
 
 Each checkpoint is self-contained (the tokenizer file travels inside it, base64), so generation, evaluation and
-export need only the run directory. Saves are asynchronous and atomic: Orbax writes `<step>.orbax-checkpoint-tmp`
-and renames it when complete, so a killed save leaves the previous checkpoint as the latest. Restoring takes an
+export need only the run directory. Saves are asynchronous and atomic: on a local disk Orbax writes
+`<step>.orbax-checkpoint-tmp` and renames it when complete; on gs://, which has no rename, it writes `<step>`
+and marks it complete with a `commit_success.txt` written last. Either way a killed save leaves the previous
+checkpoint as the latest. The run directory is local or gs:// (jaxllm.storage). Restoring takes an
 abstract state whose leaves carry the wanted shardings, which reshards onto whatever mesh the run now has.
 """
 
@@ -13,7 +15,7 @@ import base64
 import dataclasses
 import functools
 import logging
-import pathlib
+import os
 
 import jax
 import orbax.checkpoint as ocp
@@ -21,7 +23,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxllm import kernels
+from jaxllm import kernels, storage
 from jaxllm import tokenizer as tok
 from jaxllm.config import Config, ConfigError, ModelConfig, config_from_dict, diff, replace
 from jaxllm.model.transformer import abstract_model
@@ -33,7 +35,7 @@ logging.getLogger("absl").addFilter(lambda record: not record.getMessage().start
 
 
 def manager(
-    run_dir: pathlib.Path, keep: int = 2, read_only: bool = False, keep_every: int = 0
+    run_dir: str | os.PathLike, keep: int = 2, read_only: bool = False, keep_every: int = 0
 ) -> ocp.CheckpointManager:
     """keep: the latest checkpoints kept; keep_every: besides them, every one whose step is a multiple of it."""
     saving = {"read_only": True, "max_to_keep": None, "save_interval_steps": 0} if read_only else {"max_to_keep": keep}
@@ -41,7 +43,7 @@ def manager(
         saving["keep_period"] = keep_every
     options = ocp.CheckpointManagerOptions(create=not read_only, **saving)
     return ocp.CheckpointManager(
-        pathlib.Path(run_dir).resolve() / "checkpoints", options=options, item_names=("state", "meta")
+        storage.path(storage.resolve(run_dir)) / "checkpoints", options=options, item_names=("state", "meta")
     )
 
 
@@ -68,14 +70,14 @@ def _start_meta(init_from: str) -> dict | None:
     """The latest checkpoint's meta of the run that train.init_from names (None for none or a Hugging Face one)."""
     if not init_from or init_from.startswith("hf:"):
         return None
-    mngr = manager(pathlib.Path(init_from), read_only=True)
+    mngr = manager(init_from, read_only=True)
     meta = read_meta(mngr)
     mngr.close()
     return meta
 
 
 def _unreadable(mngr: ocp.CheckpointManager, step: int, e: Exception) -> ConfigError:
-    where = pathlib.Path(str(mngr.directory)) / str(step)
+    where = f"{mngr.directory}/{step}"
     return ConfigError(
         f"the checkpoint {where} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
         f"delete that step's folder to fall back to an earlier one, or use another --run_dir"
@@ -143,10 +145,10 @@ def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params, save
     return merge(restored["frozen"], restored["params"])
 
 
-def restore_latest_params(run_dir: pathlib.Path, model: ModelConfig, abstract_params) -> dict:
+def restore_latest_params(run_dir: str | os.PathLike, model: ModelConfig, abstract_params) -> dict:
     """The parameters of run_dir's latest checkpoint onto abstract_params' shardings (train.init_from=RUN_DIR;
     a LoRA run's merged); refuses a checkpoint of another model shape, naming the fields that differ."""
-    run_dir = pathlib.Path(run_dir)
+    run_dir = storage.path(run_dir)
     mngr = manager(run_dir, read_only=True) if (run_dir / "checkpoints").is_dir() else None
     step = mngr.latest_step() if mngr else None
     if step is None:
@@ -163,9 +165,10 @@ def restore_latest_params(run_dir: pathlib.Path, model: ModelConfig, abstract_pa
     return params
 
 
-def tokenizer_from_meta(meta: dict, directory: pathlib.Path) -> tok.Tokenizer:
-    """Writes the checkpoint's tokenizer file into `directory` (if not already there) and loads it."""
-    path = pathlib.Path(directory) / meta["tokenizer_name"]
+def tokenizer_from_meta(meta: dict, run_dir: str | os.PathLike) -> tok.Tokenizer:
+    """Writes the checkpoint's tokenizer file into the run directory, or for a gs:// one into a local folder
+    (jaxllm.storage.local_cache: the tokenizer libraries read local files), if not already there, and loads it."""
+    path = storage.local_cache(run_dir) / meta["tokenizer_name"]
     data = base64.b64decode(meta["tokenizer_b64"])
     if not path.is_file() or path.read_bytes() != data:
         tmp = path.with_name(path.name + ".tmp")
@@ -203,7 +206,7 @@ def _resumable(key: str) -> bool:
     return any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE_FIELDS)
 
 
-def check_compatible(saved: dict, cfg: Config, run_dir: pathlib.Path) -> None:
+def check_compatible(saved: dict, cfg: Config, run_dir: str | os.PathLike) -> None:
     """Refuses to resume a run whose checkpoint was made with a different model, data or optimizer."""
     differing = [k for k in diff(config_from_dict(saved), cfg) if not _resumable(k)]
     if differing:
@@ -224,10 +227,10 @@ class LoadedRun:
     saved: Config  # the config as the checkpoint holds it ('auto' where it said auto)
 
 
-def load_run(run_dir: pathlib.Path, step: int | None = None) -> LoadedRun:
+def load_run(run_dir: str | os.PathLike, step: int | None = None) -> LoadedRun:
     """The parameters, config and tokenizer of a run's checkpoint (the latest unless `step` is given), for
-    generation, evaluation and export on this process's first device."""
-    run_dir = pathlib.Path(run_dir)
+    generation, evaluation and export on this process's first device; run_dir local or gs://."""
+    run_dir = storage.path(run_dir)
     if not (run_dir / "checkpoints").is_dir():
         raise ConfigError(
             f"--run_dir={run_dir} holds no checkpoints: train first (python -m jaxllm.train "

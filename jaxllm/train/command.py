@@ -2,8 +2,8 @@
 
   python -m jaxllm.train --experiment=base [--section.key=value ...] [--run_dir=PATH] [--print_config]
 
-The run lives in --run_dir (default runs/<experiment>); its full config is written to <run_dir>/config.json and
-printed only with --print_config.
+The run lives in --run_dir (default runs/<experiment>; gs://bucket/path for object storage, the same on every
+host); its full config is written to <run_dir>/config.json and printed only with --print_config.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pathlib
 from typing import Callable
 
-from jaxllm import machine
+from jaxllm import machine, storage
 from jaxllm.config import Config, ConfigError, parse_cli
 from jaxllm.train import distributed
 from jaxllm.train.loop import run
@@ -31,7 +31,7 @@ def main(
             f"python -m {COMMANDS.get(cfg.posttrain.stage, 'jaxllm.train')}"
         )
     show_config = flags.get("print_config", "false").lower() in ("1", "true", "yes")
-    run_dir = pathlib.Path(flags.get("run_dir") or f"runs/{pathlib.Path(flags.get('experiment', 'base')).stem}")
+    run_dir = storage.path(flags.get("run_dir") or f"runs/{pathlib.Path(flags.get('experiment', 'base')).stem}")
     distributed.initialize(cfg.distributed)  # before anything touches JAX, reading a checkpoint included
     make_stage = pretraining
     if start is not None:

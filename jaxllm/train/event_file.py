@@ -9,7 +9,8 @@ its outcome as plan/<key>. TensorBoard keeps scalars as float32.
 Each record is appended to the process's event file and the file closed, as metrics.jsonl is: no writer thread and
 nothing buffered, so a killed run leaves every record it logged readable. The protos and the record framing are
 TensorBoard's own TensorFlow-free ones; not tensorboardX's writer, which imports torch wherever torch is installed
-(3.3 s and 184 MB more for every training process). Local run directories only, like metrics.jsonl.
+(3.3 s and 184 MB more for every training process). Written into a local folder, like metrics.jsonl: a gs://
+run's files are uploaded whole from there (jaxllm.train.run_files); `tensorboard --logdir=gs://...` reads them.
 """
 
 from __future__ import annotations

@@ -10,22 +10,26 @@ that the latest step times, the evaluations and saves still due and the final ev
 and the learning rate stays continuous (jaxllm.train.optim.reanchor). A plan made once cannot hold a wall-clock
 budget on a machine whose speed changes under it (a shared VM's did, by 3x for minutes). A resumed run finishes
 the schedule its checkpoint holds: its clock restarted, so it has no deadline to steer to.
+
+run_dir may be gs://bucket/path (every host the same): Orbax writes the checkpoints there, and the run's own files
+reach it as jaxllm.train.run_files says.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
-import tempfile
 import time
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxllm import kernels, sharding
+from jaxllm import kernels, sharding, storage
 from jaxllm.cli import Stopped
 from jaxllm.config import Config, ConfigError, parse_duration, replace
 from jaxllm.data.sources import check_sources
@@ -40,27 +44,13 @@ from jaxllm.train import step as step_lib
 from jaxllm.train.evaluation import evaluate
 from jaxllm.train.metrics import MetricsLog, Progress, clock_from
 from jaxllm.train.preemption import EXIT_PREEMPTED, Preemption, Saves
+from jaxllm.train.run_files import RunFiles
 from jaxllm.train.stage import Stage, pretraining
-
-
-def check_run_dir(run_dir: pathlib.Path) -> None:
-    """Refuses a run directory that is a file or cannot be written, before anything is printed or written."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--run_dir={run_dir} is a file, not a directory: choose another path")
-    probe_dir = run_dir if run_dir.exists() else next(p for p in run_dir.absolute().parents if p.exists())
-    try:  # a real write: permission bits say nothing for root, or on a read-only mount
-        with tempfile.TemporaryFile(dir=probe_dir):
-            pass
-    except OSError as e:
-        raise ConfigError(
-            f"--run_dir={run_dir}: {probe_dir} is not writable ({e.strerror}); choose another path or "
-            "fix its permissions"
-        ) from None
 
 
 def run(
     cfg: Config,
-    run_dir: pathlib.Path,
+    run_dir: str | os.PathLike,
     progress: bool = True,
     make_stage: Callable[[Config, object, bool], Stage] = pretraining,
     show_config: bool = False,
@@ -71,10 +61,17 @@ def run(
     make_stage(cfg, mesh, progress) supplies the data, batches and loss (see Stage). started_at (seconds since the
     epoch): where a budget's clock starts; the commands pass the process's start, a library call defaults to now."""
     clock = clock_from(time.time() if started_at is None else started_at)
-    run_dir = pathlib.Path(run_dir)
-    check_run_dir(run_dir)
+    storage.check_writable(run_dir)
     say = print if (progress and jax.process_index() == 0) else (lambda *a, **k: None)
-    plan = budget.load_plan(run_dir) if budget.budgeted(cfg) else None
+    with RunFiles(run_dir, say) as files:
+        return _run(cfg, files, progress, make_stage, show_config, clock, say)
+
+
+def _run(cfg: Config, files: RunFiles, progress: bool, make_stage, show_config: bool, clock, say) -> dict:
+    """run's body: run_dir is files.root (checkpoints, and the paths shown); its own files are written in
+    files.local."""
+    run_dir = files.root
+    plan = budget.load_plan(files.local) if budget.budgeted(cfg) else None
     if plan is not None:  # a budgeted run resumes on its saved plan, never a new one
         cfg = apply_plan(cfg, plan)
     latest, meta = _latest_checkpoint(cfg, run_dir)
@@ -98,7 +95,7 @@ def run(
         stage = make_stage(run_cfg, mesh, show)  # prepares the data first: its time is part of the budget
         plan = budget.make_plan(cfg, run_cfg, mesh, stage, say, clock, law)
         cfg, run_cfg = apply_plan(cfg, plan), apply_plan(run_cfg, plan)
-        budget.save_plan(run_dir, plan)
+        budget.save_plan(files.local, plan)
         stage = make_stage(run_cfg, mesh, show)  # the same data, read back; the sample needs the planned shape
     say(_summary(cfg, run_cfg, mesh, choice, run_dir, latest))
     if show_config:
@@ -109,14 +106,14 @@ def run(
     trainer, abstract_state = step_lib.make_trainer(run_cfg, mesh, stage.loss_fn or step_lib.mean_loss)
     if cfg.posttrain.lora_rank:
         say(lora.summary(abstract_state["params"], abstract_state["frozen"], cfg.posttrain))
-    account = goodput.start(run_dir, latest, stage.tokens_per_step, clock)
+    account = goodput.start(files.local, latest, stage.tokens_per_step, clock)
     with account.timing("compile"):
         train_step = _compile(trainer, abstract_state, stage, mesh, say)
     if cfg.train.compile_only:
         return {"step": 0, "params": _n_params(abstract_state)}
-    _write_config(cfg, run_dir)
-    goodput.mark_start(run_dir, latest or 0)
-    log = MetricsLog(run_dir / "metrics.jsonl", jax.process_index() == 0)
+    _write_config(cfg, files.local)
+    goodput.mark_start(files.local, latest or 0)
+    log = MetricsLog(files.local / "metrics.jsonl", jax.process_index() == 0)
     mngr = checkpoint.manager(run_dir, keep=cfg.train.keep_checkpoints, keep_every=cfg.train.keep_every)
     with jax.set_mesh(mesh):
         state = _restore_or_init(run_cfg, trainer, abstract_state, mngr, latest, say)
@@ -127,7 +124,7 @@ def run(
             schedule = optim.reanchor(state["schedule"], int(state["step"]), cfg.train.steps)
             state["schedule"] = jax.device_put(schedule, trainer.state_shardings["schedule"])
         state, result, tokens_per_s = _train(
-            run_cfg, train_step, trainer, stage, state, mngr, mesh, run_dir, say, clock, deadline, account
+            run_cfg, train_step, trainer, stage, state, mngr, mesh, files, say, clock, deadline, account
         )
         end = int(state["step"])
         final = {
@@ -148,11 +145,11 @@ def run(
             mngr.close()
         with account.timing("eval"):
             sample = stage.sample(trainer.graphdef, trainer.model_params(state))
-    final["goodput"] = goodput.close(account, end, run_dir, stage.tokens_per_step, say)
-    return _finish(run_dir, final, sample, say, plan)
+    final["goodput"] = goodput.close(account, end, files.local, stage.tokens_per_step, say)
+    return _finish(files, final, sample, say, plan)
 
 
-def _latest_checkpoint(cfg: Config, run_dir: pathlib.Path) -> tuple[int | None, dict | None]:
+def _latest_checkpoint(cfg: Config, run_dir: epath.Path) -> tuple[int | None, dict | None]:
     """The latest checkpoint's step and meta (None, None for a new run); refuses one of another config."""
     if not (run_dir / "checkpoints").is_dir():
         return None, None
@@ -165,7 +162,7 @@ def _latest_checkpoint(cfg: Config, run_dir: pathlib.Path) -> tuple[int | None, 
     return latest, meta
 
 
-def _already_complete(run_dir: pathlib.Path, latest: int, meta: dict, say) -> dict:
+def _already_complete(run_dir: epath.Path, latest: int, meta: dict, say) -> dict:
     final = meta.get("final", {})
     say(f"run already complete: {run_dir} holds a checkpoint at step {latest}")
     for key in ("val_loss", "val_bpb"):
@@ -176,7 +173,7 @@ def _already_complete(run_dir: pathlib.Path, latest: int, meta: dict, say) -> di
 
 
 def _summary(
-    cfg: Config, run_cfg: Config, mesh, choice: kernels.Choice, run_dir: pathlib.Path, latest: int | None
+    cfg: Config, run_cfg: Config, mesh, choice: kernels.Choice, run_dir: epath.Path, latest: int | None
 ) -> str:
     """Two lines: what is trained, for how long, where; and on what (mesh, kernels, dtype, and why)."""
     m, t = run_cfg.model, run_cfg.train
@@ -251,7 +248,7 @@ def _train(
     state,
     mngr,
     mesh,
-    run_dir: pathlib.Path,
+    files: RunFiles,
     say,
     clock,
     deadline,
@@ -263,7 +260,7 @@ def _train(
     t = cfg.train
     eval_step = trainer.jit_eval_step()
     token_bytes = jax.device_put(jnp.asarray(stage.tokenizer.token_bytes(), jnp.int32), sharding.replicated(mesh))
-    log = MetricsLog(run_dir / "metrics.jsonl", jax.process_index() == 0)
+    log = MetricsLog(files.local / "metrics.jsonl", jax.process_index() == 0)
     peak = (t.peak_tflops * 1e12 if t.peak_tflops else probe.peak_flops(cfg.model.compute_dtype)) * mesh.size
     end = int(state["schedule"]["end"])
     at_peak = flops_per_token(cfg.model) * stage.tokens_per_step / peak
@@ -294,6 +291,9 @@ def _train(
                 state, metrics = train_step(state, batch)
                 done += 1
                 progress.step(done, metrics)
+            if done % t.log_every == 0:
+                with account.timing("checkpoint"):  # the run's logs reaching object storage
+                    files.publish(final=False)
             paused = time.perf_counter()
             if done % t.eval_every == 0 and done != end:
                 run_eval(done)
@@ -304,16 +304,17 @@ def _train(
             if done != end and (stop or saves.due(done)):
                 with account.timing("checkpoint"):
                     checkpoint.save(mngr, done, state, cfg, stage.tokenizer)
+                    files.publish()
                 saves.saved()
                 if deadline:
                     deadline.checkpoint_s = time.perf_counter() - saving
             if stop and done != end:
                 with account.timing("checkpoint"):
                     mngr.close()  # waits for the save to commit
-                goodput.close(account, done, run_dir, stage.tokens_per_step, say)
+                goodput.close(account, done, files.local, stage.tokens_per_step, say)
                 raise Stopped(
                     f"stopped at step {done} of {end} on {preemption.signal}: checkpoint "
-                    f"{run_dir / 'checkpoints' / str(done)} saved; rerun the same command to resume",
+                    f"{files.root / 'checkpoints' / str(done)} saved; rerun the same command to resume",
                     EXIT_PREEMPTED,
                 )
             if deadline and done % t.log_every == 0 and done != end:
@@ -326,11 +327,12 @@ def _train(
     return state, run_eval(end), progress.steady_rate()
 
 
-def _finish(run_dir: pathlib.Path, final: dict, sample: str, say, plan: dict | None) -> dict:
+def _finish(files: RunFiles, final: dict, sample: str, say, plan: dict | None) -> dict:
+    run_dir = files.root
     if jax.process_index() == 0:
-        plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        plot_loss(files.local / "metrics.jsonl", files.local / "loss.png")
         if plan is not None:
-            plan_report.plot(run_dir / "metrics.jsonl", plan, run_dir / "plan.png")
+            plan_report.plot(files.local / "metrics.jsonl", plan, files.local / "plan.png")
     ckpt = run_dir / "checkpoints" / str(final["steps"])
     say(
         f"\nfinal: val_loss {final['val_loss']:.4f} | val_bpb {final['val_bpb']:.4f} | "

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import time
 
 import numpy as np
 
+from jaxllm import storage
 from jaxllm.train.event_file import EventFile
 
 
@@ -20,7 +22,8 @@ def clock_from(started_at: float):
 
 class MetricsLog:
     """metrics.jsonl (appended, so a resumed run continues it) and the same records as TensorBoard scalars in an
-    event file beside it (jaxllm.train.event_file); written by process 0 only."""
+    event file beside it (jaxllm.train.event_file); written by process 0 only, into a local folder (a gs:// run's
+    reach it through jaxllm.train.run_files)."""
 
     def __init__(self, path: pathlib.Path, enabled: bool):
         self.path, self.enabled = path, enabled
@@ -33,9 +36,10 @@ class MetricsLog:
             self.events.write(record)
 
 
-def read_jsonl(path: pathlib.Path) -> list[dict]:
-    """The records of a JSONL file (metrics.jsonl, goodput.jsonl, ...); none for a file that is not there."""
-    path = pathlib.Path(path)
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSONL file (metrics.jsonl, goodput.jsonl, ...), local or gs://; none for a file that is not
+    there."""
+    path = storage.path(path)
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 

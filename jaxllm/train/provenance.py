@@ -12,6 +12,7 @@ import hashlib
 import json
 import pathlib
 
+from jaxllm import storage
 from jaxllm.config import Config
 
 MANIFEST, REPORT = "manifest.json", "report.json"  # what jaxllm.data.prepare writes into a prepared directory
@@ -77,7 +78,7 @@ def of_checkpoint(cfg: Config, tokenizer_path: pathlib.Path, parent_meta: dict |
         record = (parent_meta or {}).get("provenance", {})
         data = data or record.get("data")
         parent = {
-            "run_dir": str(pathlib.Path(start).resolve()),
+            "run_dir": storage.resolve(start),
             "step": (parent_meta or {}).get("step"),
             "stage": record.get("stage"),
             "data_hash": (record.get("data") or {}).get("hash"),
