@@ -10,7 +10,6 @@ same chat template as training (jaxllm.posttrain.chat_template), and a reply end
 
 from __future__ import annotations
 
-import pathlib
 import sys
 
 from jaxllm.cli import ArgumentParser, run_main
@@ -67,7 +66,7 @@ def main(argv: list[str]) -> int:
     add_sampling_flags(parser, SamplingConfig(max_new_tokens=120, temperature=0.7, top_p=0.9))
     args = parser.parse_args(argv)
     sampling = sampling_from_args(args)
-    run = load_run(pathlib.Path(args.run_dir), args.step)
+    run = load_run(args.run_dir, args.step)  # local or gs://
     if run.cfg.posttrain.stage not in ("sft", "dpo", "rl"):
         raise ConfigError(
             f"--run_dir={args.run_dir} holds a pretrained model, not a chat-trained one (it has never "

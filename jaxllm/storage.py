@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import pathlib
 import tempfile
@@ -119,14 +120,21 @@ def check_writable(run_dir: str | os.PathLike, flag: str = "--run_dir") -> None:
     p = path(run_dir)
     if is_remote(p):
         probe = p / f".write_probe.{os.getpid()}"
+        gcsfs_log = logging.getLogger("gcsfs")
+        level = gcsfs_log.level
+        gcsfs_log.setLevel(logging.CRITICAL)  # its traceback of the last retry would head the one-line error below
         try:
             probe.write_bytes(b"")
             probe.unlink()
-        except Exception as e:  # after gcsfs's own retries: the bucket is missing, forbidden or unreachable
+        except (
+            Exception
+        ) as e:  # after gcsfs's own retries (about 30 s): the bucket is missing, forbidden or unreachable
             raise ConfigError(
                 f"{flag}={p} cannot be written ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
                 ": check the bucket's name, your credentials (gcloud auth application-default login) and the network"
             ) from None
+        finally:
+            gcsfs_log.setLevel(level)
         return
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag}={p} is a file, not a directory: choose another path")

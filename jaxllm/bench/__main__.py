@@ -1,5 +1,5 @@
-"""`python -m jaxllm.bench {train,generate,speedrun,budget,serve,dedup,resilience}`: jaxllm against transformers on
-this machine, a speedrun, near dedup, and runs that get preempted.
+"""`python -m jaxllm.bench {train,generate,speedrun,budget,serve,dedup,resilience,storage}`: jaxllm against
+transformers on this machine, a speedrun, near dedup, runs that get preempted, and runs on failing object storage.
 
   python -m jaxllm.bench train --compare=hf [--experiment=base --model.*=...] [--steps=5] [--rounds=3] [--out=F.json]
   python -m jaxllm.bench generate --compare=hf [--experiment=base ...] [--new_tokens=64] [--rounds=3] [--out=F.json]
@@ -8,6 +8,7 @@ this machine, a speedrun, near dedup, and runs that get preempted.
   python -m jaxllm.bench serve --run_dir=DIR [--compare=hf] [--concurrency=1,4,16,32] [--soak=1000]  # HTTP load
   python -m jaxllm.bench dedup [--pairs=3000] [--docs=1000000]  # near dedup on planted pairs, driver memory
   python -m jaxllm.bench resilience [--trials_term=20] [--trials_kill=10] [--seed=0] [--rounds=3]  # preemption
+  python -m jaxllm.bench storage [--steps=20] [--checkpoint_every=5] [--train.*=...]  # gs:// faults, emulated
 
 Each prints its table, with the kernels and dtype `auto` chose here and why, and writes its result as JSON with
 the machine, versions, date and commit (default benchmarks/results/<command>-<machine>.json, which also
@@ -28,11 +29,12 @@ from jaxllm.bench import results, runs, serve_report
 from jaxllm.bench.budget import bench_budget
 from jaxllm.bench.dedup import bench_dedup
 from jaxllm.bench.resilience import bench_resilience, trial_counts
+from jaxllm.bench.storage import bench_storage
 from jaxllm.cli import run_main
 from jaxllm.config import ConfigError, parse_cli
 
 FLAGS = ("compare", "steps", "warmup", "rounds", "out", "new_tokens", "data", "target", "budget", "fixed")
-COMMANDS = ("train", "generate", "speedrun", "budget", "serve", "dedup", "resilience")
+COMMANDS = ("train", "generate", "speedrun", "budget", "serve", "dedup", "resilience", "storage")
 DEDUP_FLAGS = ("pairs", "docs")
 RESILIENCE_FLAGS = ("trials_term", "trials_kill", "seed")
 # `serve`'s own flags (jaxllm.bench.serve.bench_config reads them)
@@ -59,7 +61,7 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in COMMANDS:
         raise ConfigError(f"usage: python -m jaxllm.bench {{{','.join(COMMANDS)}}} [--compare=hf] [--key=value ...]")
     command, argv = argv[0], argv[1:]
-    own = {"serve": SERVE_FLAGS, "resilience": RESILIENCE_FLAGS}.get(command, ())
+    own = {"serve": SERVE_FLAGS, "resilience": RESILIENCE_FLAGS, "storage": ("checkpoint_every",)}.get(command, ())
     cfg, flags = parse_cli(argv, allowed_flags=FLAGS + own + DEDUP_FLAGS)
     out = pathlib.Path(flags["out"]) if flags.get("out") else results.default_path(command)
     if command == "serve":
@@ -69,6 +71,8 @@ def main(argv: list[str]) -> int:
     elif command == "resilience":
         rounds = int(flags.get("rounds", 3))
         result = bench_resilience(*trial_counts(flags), rounds, pathlib.Path("runs/bench/resilience"))
+    elif command == "storage":
+        result = bench_storage(flags, [a for a in argv if "." in a.partition("=")[0]])
     elif command == "budget":
         overrides = [a for a in argv if "." in a.partition("=")[0]]  # passed on to both training runs
         result = bench_budget(

@@ -5,7 +5,8 @@ Clients reach the proxy through `client_env` (gcsfs, which etils.epath uses for 
 driver, which Orbax writes arrays with). A fault hits every `every`-th request of a kind (upload, download, list,
 metadata, delete), at most `limit` times: a 503 or a 429 answered without passing the request on, or the
 connection closed before any answer. A retry is a new request, so it passes; the proxy counts the faults it
-injected and the requests that repeated one that failed (the clients' retries). Not a GCS conformance test: the
+injected and the requests that repeated one that failed (the clients' retries; a lower bound: a retry that
+changes its request, as a resumed upload does, is not recognised). Not a GCS conformance test: the
 emulator covers what gcsfs and TensorStore ask of it here, and nothing leaves 127.0.0.1.
 """
 
@@ -105,8 +106,7 @@ class FaultProxy:
         self.failed: set[tuple[str, str]] = set()  # (method, path) of requests a fault hit, not yet retried
         self.retries = 0  # requests that repeated one a fault hit
         self.lock = threading.Lock()
-        self.server = http.server.ThreadingHTTPServer((HOST, 0), _handler(self))
-        self.server.daemon_threads = True
+        self.server = _Server((HOST, 0), _handler(self))
         self.endpoint = f"http://{HOST}:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -138,6 +138,15 @@ class FaultProxy:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """Quiet about clients that closed their connection (their retry is theirs to make); loud otherwise."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _handler(proxy: FaultProxy):
@@ -181,17 +190,14 @@ def _handler(proxy: FaultProxy):
                 data = reply.read()
             finally:
                 upstream.close()
-            try:
-                self.send_response(reply.status, reply.reason)
-                for k, v in reply.getheaders():
-                    if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):  # the client gave up on this request: its business
-                self.close_connection = True
+            self.send_response(reply.status, reply.reason)
+            for k, v in reply.getheaders():
+                if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _relay
 

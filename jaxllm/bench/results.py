@@ -21,6 +21,7 @@ from jaxllm.bench.budget import budget_table
 from jaxllm.bench.dedup import dedup_table
 from jaxllm.bench.resilience import resilience_table
 from jaxllm.bench.serve_report import serve_table
+from jaxllm.bench.storage import storage_table
 
 RESULTS = pathlib.Path("benchmarks/results")
 TABLE = pathlib.Path("benchmarks/README.md")
@@ -126,6 +127,7 @@ TABLES = {
     "serve": serve_table,
     "dedup": dedup_table,
     "resilience": resilience_table,
+    "storage": storage_table,
 }
 
 

@@ -9,9 +9,9 @@ batching); up to --max_queue more wait for a slot, and more than that are refuse
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
 
+from jaxllm import storage
 from jaxllm.cli import ArgumentParser, run_main
 from jaxllm.config import ConfigError
 from jaxllm.serve.api import Server, app
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
         import uvicorn  # noqa: PLC0415 (the serve extra, needed by this command only)
     except ImportError:
         raise ConfigError("jaxllm.serve needs the serve extra: pip install -e '.[serve]'") from None
-    run_dir = pathlib.Path(args.run_dir)
+    run_dir = storage.path(args.run_dir)  # local or gs://
     run = load_run(run_dir, args.step)
     engine = Engine(run.graphdef, run.params, run.cfg.model, args.slots, args.max_queue)
     print(
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
         flush=True,
     )
     engine.start()
-    server = Server(engine, run.tokenizer, args.model_name or run_dir.resolve().name, args.api_key)
+    server = Server(engine, run.tokenizer, args.model_name or storage.name(run_dir), args.api_key)
     config = uvicorn.Config(app(server), host=args.host, port=args.port, log_level="warning")
     web = uvicorn.Server(config)
     original_startup = web.startup
