@@ -15,6 +15,7 @@ from jaxllm import storage
 from jaxllm.bench.gcs_emulator import Emulator, Fault, FaultProxy, client_env, kind
 from jaxllm.config import ConfigError
 from jaxllm.eval import lineage
+from jaxllm.train import checkpoint
 from jaxllm.train.checkpoint import load_run
 from jaxllm.train.loop import run
 from tests.conftest import tiny_config
@@ -110,6 +111,9 @@ def test_a_gs_run_equals_the_local_run_resumes_exactly_through_faults_and_is_rea
         jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), there.params, here.params)
     )
     assert there.tokenizer.encode("def f(x):") == here.tokenizer.encode("def f(x):")
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), here.params)
+    started = checkpoint.restore_latest_params(remote, here.saved.model, abstract)  # --train.init_from=gs://...
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), started, here.params))
     links = lineage.links(remote)
     assert [(str(link.run_dir), link.step) for link in links] == [(remote, 8)]
     assert links[0].figures["val_loss"] == _records(local)[-1]["val_loss"]
