@@ -333,6 +333,9 @@ def prepare(cfg: Config, progress: bool = True) -> Prepared:
         manifest = _build(cfg, work, out, progress)
         (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
         os.replace(out, final)
+    except ConfigError:  # bad input fails the same way on every rerun: its units would never be resumed
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     except OSError:  # another process (a second host on a shared disk) finished the same data first
         if not (final / "manifest.json").is_file():
             raise
