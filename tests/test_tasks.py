@@ -21,9 +21,9 @@ def reply_is_yes(reply: str, answer: str) -> bool:  # a user's checker, plugged 
 INDEPENDENT = {  # each task's answer computed from its prompt, without the generator's code
     "add": lambda p: str(sum(map(int, re.fullmatch(r"(\d+) \+ (\d+) =", p).groups()))),
     "multiply": lambda p: str(eval(p.rstrip(" ="), {"__builtins__": {}})),  # noqa: S307
-    "reverse": lambda p: "".join(reversed(p.split()[1])),
-    "sort": lambda p: "".join(sorted(p.split()[1])),
-    "count": lambda p: str(sum(c == p.split()[1] for c in p.split()[3])),
+    "reverse": lambda p: " ".join(reversed(p.split()[1:])),
+    "sort": lambda p: " ".join(sorted(p.split()[1:])),
+    "count": lambda p: str(p.split()[3:].count(p.split()[1])),
     "python": lambda p: repr(eval(p.removeprefix("python: "))),  # noqa: S307  full builtins: the generator's are few
 }
 

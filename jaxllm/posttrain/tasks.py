@@ -19,6 +19,7 @@ nothing a model writes is ever run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import math
@@ -31,7 +32,7 @@ from typing import Callable
 from jaxllm.config import ConfigError
 from jaxllm.data.prepare import is_validation
 
-PROBLEMS_PER_TASK = 3000  # drawn per embedded task, before the held-out split
+PROBLEMS_PER_TASK = 10000  # drawn per embedded task, before the held-out split
 REPLY_TOKENS = 16  # a reply to a task is scored on its first tokens: every embedded answer is shorter
 
 
@@ -99,20 +100,25 @@ def _multiply(rng):
     return f"{a} * {b} =", str(a * b), "numeric"
 
 
+def _spaced(letters) -> str:
+    """Letters one a token: a 512-piece BPE fuses pairs ('ck', 'de'), hiding the letters a task is about."""
+    return " ".join(letters)
+
+
 def _reverse(rng):
     w = _word(rng)
-    return f"reverse {w}", w[::-1], "exact"
+    return f"reverse {_spaced(w)}", _spaced(w[::-1]), "exact"
 
 
 def _sort(rng):
     w = _word(rng)
-    return f"sort {w}", "".join(sorted(w)), "exact"
+    return f"sort {_spaced(w)}", _spaced(sorted(w)), "exact"
 
 
 def _count(rng):
     w = _word(rng, 5, 9)
     letter = rng.choice(w)
-    return f"count {letter} in {w}", str(w.count(letter)), "numeric"
+    return f"count {letter} in {_spaced(w)}", str(w.count(letter)), "numeric"
 
 
 # The expression task's functions: all an expression may call (builtins are otherwise empty).
@@ -156,6 +162,11 @@ EMBEDDED: dict[str, Callable[[random.Random], tuple[str, str, str]]] = {
 
 def embedded(task: str, n: int = PROBLEMS_PER_TASK) -> list[Problem]:
     """Up to n distinct problems of an embedded task, the same ones every time."""
+    return list(_drawn(task, n))
+
+
+@functools.cache  # every stage and evaluation draws the same problems: once a process
+def _drawn(task: str, n: int) -> tuple[Problem, ...]:
     rng, seen, problems = random.Random(f"jaxllm-task-{task}"), set(), []
     for _ in range(20 * n):  # small problem spaces run out of new prompts: stop rather than loop
         prompt, answer, checker = EMBEDDED[task](rng)
@@ -164,7 +175,7 @@ def embedded(task: str, n: int = PROBLEMS_PER_TASK) -> list[Problem]:
             problems.append(Problem(task, prompt, answer, checker))
             if len(problems) == n:
                 break
-    return problems
+    return tuple(problems)
 
 
 def read_task_file(path: str) -> list[Problem]:
