@@ -14,13 +14,13 @@ def config():
         load_experiment("base"),
         name="base_dpo",
         # lr 2e-4 gave repetitive replies and no better held-out reward accuracy
-        optim=OptimConfig(lr=5e-5, warmup_steps=10, min_lr_ratio=0.1, weight_decay=0.0),
+        optim=OptimConfig(lr=3e-4, warmup_steps=10, min_lr_ratio=0.1, weight_decay=0.0),
         train=TrainConfig(
-            steps=300,
+            steps=600,
             batch_size=16,
-            log_every=10,
-            eval_every=50,
-            checkpoint_every=50,
+            log_every=20,
+            eval_every=100,
+            checkpoint_every=100,
             eval_batches=8,
             sample_tokens=40,
             init_from="runs/base_sft",

@@ -12,7 +12,7 @@ def config():
     return replace(
         load_experiment("base"),
         name="base_rl",
-        optim=OptimConfig(lr=2e-4, warmup_steps=10, min_lr_ratio=0.1, weight_decay=0.0),
+        optim=OptimConfig(lr=1e-4, warmup_steps=10, min_lr_ratio=0.1, weight_decay=0.0),
         train=TrainConfig(
             steps=600,
             batch_size=128,

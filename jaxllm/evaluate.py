@@ -14,6 +14,7 @@ from etils import epath
 from jaxllm import storage
 from jaxllm.cli import ArgumentParser, run_main
 from jaxllm.config import ConfigError
+from jaxllm.eval import verifiable
 from jaxllm.eval.suite import evaluate_runs, format_table, lineage, plot_tasks
 
 
@@ -28,8 +29,15 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--choices", default="", help="multiple-choice JSONL (default: the embedded task)")
     parser.add_argument("--text_windows", type=int, default=64, help="held-out windows of model.block_size")
+    parser.add_argument(
+        "--per_task", type=int, default=verifiable.PER_TASK, help="held-out problems scored per verifiable task"
+    )
     parser.add_argument("--out", default="", help="JSON file (default: <last run_dir>/evaluation.json)")
     args = parser.parse_args(argv)
+    if args.per_task < 1:
+        raise ConfigError(
+            f"--per_task={args.per_task}: score at least 1 problem a task (default {verifiable.PER_TASK})"
+        )
     run_dirs: list[epath.Path] = []
     for d in map(storage.path, args.run_dir):
         if not (d / "checkpoints").is_dir():
@@ -37,7 +45,7 @@ def main(argv: list[str]) -> int:
         for r in lineage(d) if args.lineage else [d]:
             if r not in run_dirs:
                 run_dirs.append(r)
-    results = evaluate_runs(run_dirs, args.choices, args.text_windows)
+    results = evaluate_runs(run_dirs, args.choices, args.text_windows, args.per_task)
     print(format_table(results))
     out = storage.path(args.out or storage.path(args.run_dir[-1]) / "evaluation.json")
     storage.write_bytes(out, json.dumps(results, indent=2).encode())

@@ -70,6 +70,7 @@ BAD_INPUTS = [
     (generate.main, ["--prompt=x"], "the following arguments are required: --run_dir"),
     (chat.main, ["--run_dir={tmp}/empty_run"], "holds no checkpoints"),
     (evaluate.main, ["--run_dir={tmp}/empty_run"], "holds no checkpoints: train it first"),
+    (evaluate.main, ["--run_dir={tmp}/empty_run", "--per_task=0"], "score at least 1 problem a task"),
     (
         hf.main,
         ["import", "--hf_dir={tmp}/hf_empty", "--run_dir={tmp}/run"],
@@ -95,8 +96,11 @@ BAD_INPUTS = [
     (
         bench.main,
         ["nonsense"],
-        "usage: python -m jaxllm.bench {train,generate,speedrun,budget,serve,dedup,resilience,storage}",
+        "usage: python -m jaxllm.bench {train,generate,speedrun,budget,serve,dedup,data,resilience,storage}",
     ),
+    (bench.main, ["data", "--rounds=0"], "--rounds='0': expected a whole number >= 1"),
+    (bench.main, ["data", "--source=site-packages:lots"], "'lots' is not a size in megabytes"),
+    (bench.main, ["data", "--datatrove=/nonexistent"], "--datatrove=/nonexistent: no bin/python there"),
     (bench.main, ["storage", "--checkpoint_every=0"], "--checkpoint_every='0': expected a whole number >= 1"),
     (bench.main, ["resilience", "--trials_term=many"], "--trials_term='many': expected a whole number >= 0"),
     (bench.main, ["serve"], "python -m jaxllm.bench serve needs --run_dir=DIR"),

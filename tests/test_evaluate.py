@@ -68,14 +68,19 @@ def test_evaluate_lineage_end_to_end(tiny_lineage, capsys):
         root / "choices.jsonl", [{"question": q, "choices": [w, a], "answer": 1} for q, a, w in arithmetic(20)]
     )
     assert evaluate.lineage(root / "dpo") == [root / "base", root / "sft", root / "dpo"]
-    assert evaluate_command.main([f"--run_dir={root / 'dpo'}", f"--choices={choices}", "--text_windows=4"]) == 0
+    assert (
+        evaluate_command.main(
+            [f"--run_dir={root / 'dpo'}", f"--choices={choices}", "--text_windows=4", "--per_task=16"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "multiple choice acc (total)" in out and "xz -9e" in out and "DPO held-out reward acc" in out
     results = json.loads((root / "dpo" / "evaluation.json").read_text())
     assert [r["stage"] for r in results["runs"].values()] == ["base", "sft", "dpo"]
     dpo = results["runs"][str(root / "dpo")]
     assert 0 <= dpo["dpo_heldout"]["reward_acc"] <= 1 and dpo["mc_items"] == 20 and dpo["mc_chance"] == 0.5
-    assert "pass@1 count" in out and "McNemar" in out and len(dpo["tasks"]["count"]["correct"]) == 64
+    assert "pass@1 count" in out and "McNemar" in out and len(dpo["tasks"]["count"]["correct"]) == 16
     assert (root / "dpo" / "evaluation.png").stat().st_size > 1000
 
 

@@ -142,6 +142,7 @@ def evaluate_runs(
     run_dirs: list[pathlib.Path],
     choices_path: str = "",
     text_windows: int = 64,
+    per_task: int = verifiable.PER_TASK,
     n_samples: int = 6,
     sample_tokens: int = 40,
     progress: bool = True,
@@ -159,7 +160,7 @@ def evaluate_runs(
                 f"--choices={choices_path} holds no items: give a JSONL file of "
                 '{"question", "choices", "answer"} lines'
             )
-    problems = verifiable.heldout_problems(val_fraction)
+    problems = verifiable.heldout_problems(val_fraction, per_task)
     if not choices_path:
         items = tasks.records([p for group in problems.values() for p in group], "choices")
     questions = [group[0].prompt for group in problems.values()][:n_samples]  # one task's problem each

@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxllm.posttrain import tasks
 
-PER_TASK = 64  # held-out problems scored per task: a 95% interval of at most +-12 points
+PER_TASK = 200  # held-out problems scored per task: a 95% interval of at most +-7 points (+-3 over all six)
 Z_95 = 1.959963984540054  # the normal quantile of 0.975
 
 
