@@ -1,5 +1,6 @@
-"""`python -m jaxllm.bench {train,generate,speedrun,budget,serve,dedup,resilience,storage}`: jaxllm against
-transformers on this machine, a speedrun, near dedup, runs that get preempted, and runs on failing object storage.
+"""`python -m jaxllm.bench {train,generate,speedrun,budget,serve,dedup,data,resilience,storage}`: jaxllm against
+transformers on this machine, a speedrun, near dedup, the data pipeline's throughput (against datatrove), runs that
+get preempted, and runs on failing object storage.
 
   python -m jaxllm.bench train --compare=hf [--experiment=base --model.*=...] [--steps=5] [--rounds=3] [--out=F.json]
   python -m jaxllm.bench generate --compare=hf [--experiment=base ...] [--new_tokens=64] [--rounds=3] [--out=F.json]
@@ -7,12 +8,13 @@ transformers on this machine, a speedrun, near dedup, runs that get preempted, a
   python -m jaxllm.bench budget [--budget=10m] [--fixed=base_fixed|none]   # planned vs fixed vs compressors
   python -m jaxllm.bench serve --run_dir=DIR [--compare=hf] [--concurrency=1,4,16,32] [--soak=1000]  # HTTP load
   python -m jaxllm.bench dedup [--pairs=3000] [--docs=1000000]  # near dedup on planted pairs, driver memory
+  python -m jaxllm.bench data [--source=site-packages:100] [--rounds=3] [--datatrove=VENV]  # MB/s per core
   python -m jaxllm.bench resilience [--trials_term=20] [--trials_kill=10] [--seed=0] [--rounds=3]  # preemption
   python -m jaxllm.bench storage [--steps=20] [--checkpoint_every=5] [--train.*=...]  # gs:// faults, emulated
 
 Each prints its table, with the kernels and dtype `auto` chose here and why, and writes its result as JSON with
 the machine, versions, date and commit (default benchmarks/results/<command>-<machine>.json, which also
-regenerates benchmarks/README.md; serve also writes its plot beside it, <out>.png). --compare=hf needs the dev
+regenerates benchmarks/README.md; serve and data also write their plot beside it, <out>.png). --compare=hf needs the dev
 extra (torch, transformers), serve the dev extra's httpx.
 """
 
@@ -25,8 +27,9 @@ import sys
 import jax
 
 from jaxllm import machine
-from jaxllm.bench import results, runs, serve_report
+from jaxllm.bench import data_report, results, runs, serve_report
 from jaxllm.bench.budget import bench_budget
+from jaxllm.bench.data import bench_data
 from jaxllm.bench.dedup import bench_dedup
 from jaxllm.bench.resilience import bench_resilience, trial_counts
 from jaxllm.bench.storage import bench_storage
@@ -34,9 +37,10 @@ from jaxllm.cli import run_main
 from jaxllm.config import ConfigError, parse_cli
 
 FLAGS = ("compare", "steps", "warmup", "rounds", "out", "new_tokens", "data", "target", "budget", "fixed")
-COMMANDS = ("train", "generate", "speedrun", "budget", "serve", "dedup", "resilience", "storage")
+COMMANDS = ("train", "generate", "speedrun", "budget", "serve", "dedup", "data", "resilience", "storage")
 DEDUP_FLAGS = ("pairs", "docs")
 RESILIENCE_FLAGS = ("trials_term", "trials_kill", "seed")
+DATA_FLAGS = ("source", "datatrove", "compare_source")
 # `serve`'s own flags (jaxllm.bench.serve.bench_config reads them)
 SERVE_FLAGS = (
     "run_dir",
@@ -61,13 +65,22 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in COMMANDS:
         raise ConfigError(f"usage: python -m jaxllm.bench {{{','.join(COMMANDS)}}} [--compare=hf] [--key=value ...]")
     command, argv = argv[0], argv[1:]
-    own = {"serve": SERVE_FLAGS, "resilience": RESILIENCE_FLAGS, "storage": ("checkpoint_every",)}.get(command, ())
+    own = {
+        "serve": SERVE_FLAGS,
+        "resilience": RESILIENCE_FLAGS,
+        "storage": ("checkpoint_every",),
+        "data": DATA_FLAGS,
+    }.get(command, ())
     cfg, flags = parse_cli(argv, allowed_flags=FLAGS + own + DEDUP_FLAGS)
     out = pathlib.Path(flags["out"]) if flags.get("out") else results.default_path(command)
     if command == "serve":
         result = _serve(flags, out)
     elif command == "dedup":
         result = bench_dedup(int(flags.get("pairs", 3000)), int(flags.get("docs", 1_000_000)))
+    elif command == "data":
+        result = bench_data(flags)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        data_report.plot(result, out.with_suffix(".png"))
     elif command == "resilience":
         rounds = int(flags.get("rounds", 3))
         result = bench_resilience(*trial_counts(flags), rounds, pathlib.Path("runs/bench/resilience"))
@@ -92,7 +105,7 @@ def main(argv: list[str]) -> int:
     print(f"on {machine.describe()}")
     print(results.TABLES[command](result))
     results.write(command, result, out)
-    print(f"\nwrote {out}" + (f" and {out.with_suffix('.png')}" if command == "serve" else ""))
+    print(f"\nwrote {out}" + (f" and {out.with_suffix('.png')}" if command in ("serve", "data") else ""))
     return 0
 
 

@@ -18,6 +18,7 @@ import jax
 
 from jaxllm import machine
 from jaxllm.bench.budget import budget_table
+from jaxllm.bench.data_report import data_table
 from jaxllm.bench.dedup import dedup_table
 from jaxllm.bench.resilience import resilience_table
 from jaxllm.bench.serve_report import serve_table
@@ -126,6 +127,7 @@ TABLES = {
     "budget": budget_table,
     "serve": serve_table,
     "dedup": dedup_table,
+    "data": data_table,
     "resilience": resilience_table,
     "storage": storage_table,
 }

@@ -4,9 +4,10 @@ cluster, results in input order.
 Only the map differs from the local engine (pipeline.map_locally): chunking, the dedup decision, the merging of
 reports and the writing of shards are the same driver code, so both engines prepare byte-identical data. The driver
 streams chunks round-robin to `workers` actors (one CPU each, the function built once per actor), at most two chunks
-per actor in flight, so memory stays bounded whatever the corpus size. The actors of a call stay for a next call
-with the same function (the rounds of components.star_components, the two splits' tokenising), since starting them
-costs about a second, and go when a call brings another function, fails, or the cluster is left. Not a Ray Data
+per actor in flight, so memory stays bounded whatever the corpus size. The actors of a call stay for the next calls
+whatever their function (cleaning, the rounds of components.star_components, the two splits' tokenising): each
+call puts its pickled function in the object store once and an actor rebuilds only when a call brings another,
+since starting actors costs seconds; they go when a call fails or the cluster is left. Not a Ray Data
 dataset: that would need the whole input materialised in the driver or the sources rewritten as datasources;
 ray[data] is pinned for that next step.
 """
@@ -25,10 +26,12 @@ from ray import cloudpickle
 
 @ray.remote(num_cpus=1)
 class _Worker:
-    def __init__(self, make: Callable[[], Callable[[Any], Any]]):
-        self.fn = make()
+    def __init__(self):
+        self.made_from, self.fn = None, None
 
-    def run(self, chunk: Any) -> Any:
+    def run(self, make: bytes, chunk: Any) -> Any:
+        if make != self.made_from:
+            self.made_from, self.fn = make, cloudpickle.loads(make)()
         return self.fn(chunk)
 
 
@@ -48,30 +51,30 @@ def cluster(address: str) -> Iterator[int]:
             ray.shutdown()
 
 
-_kept: dict[str, Any] = {"key": None, "actors": []}  # the last call's actors and what they were built from
+_kept: dict[str, Any] = {"actors": []}  # the last call's actors
 
 
 def _release_actors() -> None:
     for actor in _kept["actors"]:
         ray.kill(actor)
-    _kept.update(key=None, actors=[])
+    _kept.update(actors=[])
 
 
-def _actors(make: Callable[[], Callable[[Any], Any]], workers: int) -> list:
-    key = (cloudpickle.dumps(make), workers)
-    if _kept["key"] != key:
+def _actors(workers: int) -> list:
+    if len(_kept["actors"]) != workers:
         _release_actors()  # an actor holds a CPU: new ones would wait for the old ones forever
-        _kept.update(key=key, actors=[_Worker.remote(make) for _ in range(workers)])
+        _kept.update(actors=[_Worker.remote() for _ in range(workers)])
     return _kept["actors"]
 
 
 def map_on_ray(chunks: Iterable[Any], make: Callable[[], Callable[[Any], Any]], workers: int) -> Iterator[Any]:
-    actors, finished = _actors(make, max(workers, 1)), False
+    actors, finished = _actors(max(workers, 1)), False
+    made = ray.put(cloudpickle.dumps(make))
     try:
         pending = collections.deque()
         # Each actor runs its calls in submission order, so taking results from the front keeps input order.
         for actor, chunk in zip(itertools.cycle(actors), chunks):
-            pending.append(actor.run.remote(chunk))
+            pending.append(actor.run.remote(made, chunk))
             if len(pending) >= 2 * len(actors):
                 yield ray.get(pending.popleft())
         while pending:

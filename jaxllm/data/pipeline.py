@@ -1,10 +1,11 @@
 """The cleaning pipeline over a stream of documents: clean on an engine, dedup the whole corpus, report.
 
 Two passes. First, documents are cut into chunks (about 1 MB) and an engine maps Cleaner.clean_chunk over them:
-the local one (map_locally) a pool of `workers` processes with at most two chunks per worker in flight, the Ray
-one (engine_ray.py) actors of a Ray cluster. The engine is the only part that differs: the parent takes the
-results in input order and publishes each chunk (its report, exact keys, MinHash signatures and cleaned documents)
-as a unit of the work directory (units.Units), so a rerun after a crash cleans only the chunks not yet published.
+the local one (LocalPool) `workers` processes with at most two chunks per worker in flight, kept for the whole
+preparation, the Ray one (engine_ray.py) actors of a Ray cluster. The engine is the only part that differs: the
+parent takes the results in input order and publishes each chunk (its report, exact keys, MinHash signatures and
+cleaned documents) as a unit of the work directory (units.Units), so a rerun after a crash cleans only the chunks
+not yet published.
 Once the corpus is through, the dedup driver (dedup.DedupIndex: 17 bytes of memory per document, at most about 66
 while deciding) reads the keys and signatures back and decides which document of each group to keep (the lowest
 input index); the decision is published too, and the second pass reads the chunks back in order and yields the
@@ -16,16 +17,19 @@ are spawned, not forked: the caller may already have started JAX, whose threads 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import itertools
 import multiprocessing
 import os
+import pickle
 import sys
 import tempfile
 import time
 from typing import Any, Callable, Iterable, Iterator
 
+from jaxllm.cli import Stopped
 from jaxllm.config.clean import CleanConfig
 from jaxllm.data.clean import Cleaned, Cleaner
 from jaxllm.data.components import Components
@@ -56,37 +60,84 @@ def _chunks(docs: Iterable[Document]) -> Iterator[list[Document]]:
         yield chunk
 
 
-_worker_fn: Callable[[Any], Any] | None = None
+# What a local worker made last: the pickled `make` it came from and the function (a worker serves every map of a
+# preparation, so it rebuilds only when a map brings another `make`).
+_made: dict[str, Any] = {"from": None, "fn": None}
 
 
-def _init_worker(make: Callable[[], Callable[[Any], Any]]) -> None:
-    global _worker_fn
-    _worker_fn = make()
+def _run_in_worker(make: bytes, chunk: Any) -> Any:
+    if _made["from"] != make:
+        _made.update({"from": make, "fn": pickle.loads(make)()})
+    return _made["fn"](chunk)
 
 
-def _run_in_worker(chunk: Any) -> Any:
-    return _worker_fn(chunk)
+def _result(future: concurrent.futures.Future) -> Any:
+    try:
+        return future.result()
+    except concurrent.futures.BrokenExecutor:
+        raise Stopped(
+            "error: data preparation stopped: a worker process of the local engine died (killed, or out of memory: "
+            "fewer --data.workers use less); rerun the same command to resume from the chunks already finished",
+            1,
+        ) from None
+
+
+class LocalPool:
+    """The local engine (its `map` is an Engine): make()(chunk) over chunks in `workers` spawned processes, at most
+    two chunks per worker in flight, results in input order. The processes start at the first map with more than
+    one chunk (for one worker or one chunk the work runs in this process: starting a spawned worker costs seconds,
+    more than a chunk's work) and serve every later map until close(), so cleaning and both splits' tokenising pay
+    for starting them once. A worker that dies ends the map with jaxllm.cli.Stopped instead of waiting for it."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def map(self, chunks: Iterable[Any], make: Callable[[], Callable[[Any], Any]]) -> Iterator[Any]:
+        chunks = iter(chunks)
+        first = list(itertools.islice(chunks, 2))
+        chunks = itertools.chain(first, chunks)
+        if self.workers <= 1 or len(first) < 2:
+            yield from map(make(), chunks)
+            return
+        if self._executor is None:
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        task, pending = functools.partial(_run_in_worker, pickle.dumps(make)), collections.deque()
+        try:
+            for chunk in chunks:
+                pending.append(self._executor.submit(task, chunk))
+                if len(pending) >= 2 * self.workers:
+                    yield _result(pending.popleft())
+            while pending:
+                yield _result(pending.popleft())
+        finally:
+            for future in pending:  # a consumer that stopped early leaves no queued chunk to the next map
+                future.cancel()
+
+    def close(self) -> None:
+        """Ends the workers (after their current chunks, which nobody waits for any more)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
+@contextlib.contextmanager
+def local_engine(workers: int) -> Iterator[Engine]:
+    """The local engine with `workers` processes for everything mapped while inside; they end on leaving."""
+    pool = LocalPool(workers)
+    try:
+        yield pool.map
+    finally:
+        pool.close()
 
 
 def map_locally(chunks: Iterable[Any], make: Callable[[], Callable[[Any], Any]], workers: int) -> Iterator[Any]:
-    """The local engine: make()(chunk) over the chunks in a pool of `workers` spawned processes (in this process
-    for one worker or one chunk: starting a spawned worker costs seconds, more than a chunk's work), at most two
-    chunks per worker in flight, results in input order."""
-    chunks = iter(chunks)
-    first = list(itertools.islice(chunks, 2))
-    chunks = itertools.chain(first, chunks)
-    if workers <= 1 or len(first) < 2:
-        yield from map(make(), chunks)
-        return
-    # Leaving the `with` (end, error, or the consumer dropping this generator) terminates the workers.
-    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (make,)) as pool:
-        pending = collections.deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_run_in_worker, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    """One map on a local engine of its own (LocalPool): its workers end with the map, or when the consumer drops
+    this generator or an error ends it."""
+    with local_engine(workers) as engine:
+        yield from engine(chunks, make)
 
 
 def chunk_cleaner(cfg: CleanConfig) -> Callable[[list[Document]], CleanedChunk]:

@@ -35,7 +35,7 @@ from jaxllm import tokenizer as tok
 from jaxllm.config import Config, ConfigError, DataConfig
 from jaxllm.data import shards
 from jaxllm.data.components import Components
-from jaxllm.data.pipeline import Engine, clean_corpus, map_locally
+from jaxllm.data.pipeline import Engine, clean_corpus, local_engine
 from jaxllm.data.sources import Document, SourceStats, check_sources, input_paths, iter_documents, stdlib_root
 from jaxllm.data.units import Units, map_units, unit_name
 
@@ -134,7 +134,8 @@ def _engine(data: DataConfig, progress: bool) -> Iterator[tuple[Engine, int]]:
     """The engine the settings name and its number of workers, while inside."""
     if data.engine == "local":
         workers = data.workers or os.cpu_count() or 1
-        yield functools.partial(map_locally, workers=workers), workers
+        with local_engine(workers) as engine:  # one pool for cleaning and tokenising
+            yield engine, workers
         return
     engine_ray = _ray_engine_module()
     with engine_ray.cluster(data.ray_address) as cpus:
