@@ -6,7 +6,9 @@ uses tf.io.gfile only where TensorFlow is installed, and jaxllm runs without it)
 checkpoints through the same epath, and TensorStore's GCS driver writes their arrays. Object storage has no rename
 and no append: an object appears whole when its upload ends, so uploading to the final name is the publish step of
 write-then-publish there, and a file that grows (metrics.jsonl) is kept locally and uploaded whole
-(jaxllm.train.run_files). Not for prepared data (jaxllm.data writes local directories).
+(jaxllm.train.run_files). A folder of files is published there by uploading every file and then the one a
+reader trusts (publish_directory), where a local disk renames the whole folder into place: prepared data
+(jaxllm.data.prepare) is published so.
 
 Testing against an emulator: STORAGE_EMULATOR_HOST (gcsfs), FSSPEC_GCS_TOKEN=anon, TENSORSTORE_GCS_HTTP_URL and
 GOOGLE_AUTH_TOKEN_FOR_TESTING (TensorStore); jaxllm.bench.gcs_emulator starts one.
@@ -19,6 +21,7 @@ import importlib.util
 import logging
 import os
 import pathlib
+import shutil
 import tempfile
 import time
 from typing import Callable, TypeVar
@@ -31,7 +34,13 @@ from jaxllm.config import ConfigError
 REMOTE = "gs://"
 RETRIES = 4  # our own attempts at a whole-file write, each after gcsfs's own retries of every request
 RETRY_S = 2.0  # the first wait between them, doubled after each
+COPY_BYTES = 16 << 20  # read size when hashing a file
 T = TypeVar("T")
+
+
+class StorageError(ConfigError):
+    """Storage that stayed unreachable through every retry: the work done so far is kept for a rerun, unlike
+    after bad input."""
 
 
 def is_remote(p: str | os.PathLike) -> bool:
@@ -61,19 +70,19 @@ def name(p: str | os.PathLike) -> str:
     return resolve(p).rstrip("/").rsplit("/", 1)[-1]
 
 
-def retrying(write: Callable[[], T], what: str) -> T:
-    """write(), tried again after a transient failure (the service unavailable, throttling, a dropped connection:
+def retrying(call: Callable[[], T], what: str, action: str = "write") -> T:
+    """call(), tried again after a transient failure (the service unavailable, throttling, a dropped connection:
     what gcsfs's own retries of a request gave up on); a missing file or bad input is not retried. Raises
-    ConfigError naming `what` when every attempt failed."""
+    StorageError naming `action` and `what` when every attempt failed."""
     for attempt in range(RETRIES):
         try:
-            return write()
+            return call()
         except (FileNotFoundError, ConfigError, PermissionError, ValueError):
             raise
         except Exception as e:  # gcsfs raises its HttpError, aiohttp's and requests' errors, OSError
             if attempt == RETRIES - 1:
-                raise ConfigError(
-                    f"cannot write {what} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}) "
+                raise StorageError(
+                    f"cannot {action} {what} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}) "
                     f"after {RETRIES} attempts: check that the storage is reachable and writable, then rerun"
                 ) from None
             time.sleep(RETRY_S * 2**attempt)
@@ -88,8 +97,75 @@ def write_bytes(p: str | os.PathLike, data: bytes) -> None:
         return
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())  # a marker written after p must never name bytes that a power loss could take back
     tmp.replace(p)
+
+
+def read_bytes(p: str | os.PathLike) -> bytes:
+    """p's bytes; on object storage retried as writes are."""
+    p = path(p)
+    return retrying(p.read_bytes, str(p), "read") if is_remote(p) else p.read_bytes()
+
+
+def _gcs():
+    import fsspec  # noqa: PLC0415 (gcsfs, its gs:// backend, comes with the gcs extra only)
+
+    return fsspec.filesystem("gcs")
+
+
+def upload(source: pathlib.Path, p: str | os.PathLike) -> None:
+    """Copies the local file source to gs:// path p, streamed in chunks (a shard may not fit in memory); the
+    object appears once its last chunk is in, and a failed upload is cancelled, so p is whole or absent."""
+    retrying(lambda: _gcs().put_file(str(source), os.fspath(p)), os.fspath(p))
+
+
+def download(p: str | os.PathLike, target: pathlib.Path) -> str:
+    """Copies gs:// path p to the local file target, streamed (a partial file is removed on failure); returns the
+    sha256 of what arrived."""
+    retrying(lambda: _gcs().get_file(os.fspath(p), str(target)), os.fspath(p), "download")
+    digest = hashlib.sha256()
+    with open(target, "rb") as f:
+        while block := f.read(COPY_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def publish_directory(source: pathlib.Path, dest: str | os.PathLike, last: str) -> bool:
+    """Publishes the local folder of files `source` as `dest`, whose file `last` is what a reader trusts: locally
+    source renamed into place whole; on object storage, which cannot rename, every other file uploaded, then
+    `last`, so a publisher killed midway leaves no `last`. Returns False, publishing nothing, when dest already has
+    `last` (another process published it first)."""
+    dest = path(dest)
+    if not is_remote(dest):
+        try:
+            os.replace(source, dest)  # onto a missing or empty folder only
+        except OSError:
+            if not (dest / last).is_file():
+                raise
+            return False
+        return True
+    if (dest / last).is_file():
+        return False
+    for f in sorted(source.iterdir(), key=lambda f: f.name == last):  # `last` last
+        upload(f, dest / f.name)
+    return True
+
+
+def remove_tree(p: str | os.PathLike) -> None:
+    """Deletes the folder p and everything in it, if there: locally or on object storage (every object under it);
+    a failure leaves only garbage that no reader trusts, so it is not raised."""
+    p = path(p)
+    if not is_remote(p):
+        shutil.rmtree(p, ignore_errors=True)
+        return
+    try:
+        if p.exists():
+            p.rmtree()
+    except Exception:  # a leftover work folder costs storage, not correctness
+        logging.getLogger(__name__).warning("could not delete %s; delete it by hand", p)
 
 
 def append_line(p: str | os.PathLike, line: str) -> None:
@@ -103,13 +179,14 @@ def append_line(p: str | os.PathLike, line: str) -> None:
         f.write(line + "\n")
 
 
-def local_cache(run_dir: str | os.PathLike) -> pathlib.Path:
-    """A local folder for files a reader needs on disk (a checkpoint's tokenizer): run_dir itself when local, a
-    folder of this machine's cache named after it when on object storage."""
+def local_cache(run_dir: str | os.PathLike, folder: str = "remote_runs") -> pathlib.Path:
+    """A local folder for files a reader needs on disk (a checkpoint's tokenizer, prepared data's token shards):
+    run_dir itself when local, a folder of this machine's cache (under `folder`) named after it when on object
+    storage."""
     if not is_remote(run_dir):
         return pathlib.Path(run_dir)
     key = hashlib.sha256(os.fspath(run_dir).rstrip("/").encode()).hexdigest()[:16]
-    out = machine.cache_dir() / "remote_runs" / key
+    out = machine.cache_dir() / folder / key
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -129,7 +206,7 @@ def check_writable(run_dir: str | os.PathLike, flag: str = "--run_dir") -> None:
         except (
             Exception
         ) as e:  # after gcsfs's own retries (about 30 s): the bucket is missing, forbidden or unreachable
-            raise ConfigError(
+            raise StorageError(
                 f"{flag}={p} cannot be written ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
                 ": check the bucket's name, your credentials (gcloud auth application-default login) and the network"
             ) from None

@@ -7,8 +7,11 @@ settings or code prepare anew and unchanged ones are reused. The work is a seque
 `data.cache_dir/.<key>.work` (units.Units): each cleaned chunk, dedup's decision over the corpus, the tokenizer
 trained on its sample, each tokenised chunk. A rerun after a crash (kill -9 included) redoes only the units not
 yet published and gives the same bytes as an uninterrupted run; the split is recomputed, being a hash of each
-document's id. The prepared files are then written from the units into a directory renamed into place once
-complete, manifest.json last, and the units deleted: a reader never sees a partial preparation. The engine that
+document's id. The prepared files are then written from the units into a local folder, manifest.json last, and
+published (jaxllm.storage.publish_directory: renamed into place locally; on gs:// every file uploaded, then
+manifest.json, the commit marker a reader waits for), and the units deleted: a reader never sees a partial
+preparation, and a second process finding the manifest reuses it. Training reads a gs:// preparation from this
+machine's checked copy (mirror.py). The engine that
 cleans and tokenises (data.engine: local or Ray) changes where the work runs, never the bytes: it is not part of
 the key or the manifest, and a run on one engine resumes another's units.
 """
@@ -31,9 +34,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from jaxllm import storage
 from jaxllm import tokenizer as tok
 from jaxllm.config import Config, ConfigError, DataConfig
-from jaxllm.data import shards
+from jaxllm.data import mirror, shards
 from jaxllm.data.components import Components
 from jaxllm.data.pipeline import Engine, clean_corpus, local_engine
 from jaxllm.data.sources import Document, SourceStats, check_sources, input_paths, iter_documents, stdlib_root
@@ -304,7 +308,7 @@ def _build_on(cfg: Config, work: pathlib.Path, out: pathlib.Path, progress: bool
 
 
 def load_prepared(directory: pathlib.Path) -> Prepared:
-    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest = json.loads((directory / mirror.MANIFEST).read_text())
     tokenizer = tok.load(directory / manifest["tokenizer_file"])
     train_tokens, _ = shards.read_split(directory, "train")
     val_tokens, _ = shards.read_split(directory, "val")
@@ -312,7 +316,8 @@ def load_prepared(directory: pathlib.Path) -> Prepared:
 
 
 def prepare(cfg: Config, progress: bool = True) -> Prepared:
-    """The prepared data for this config: reused when present and complete, built otherwise."""
+    """The prepared data for this config: reused when present and complete (from gs://, through this machine's
+    copy), built otherwise."""
     if cfg.data.tokenizer == "hf":
         raise ConfigError(
             "data.tokenizer=hf is an imported checkpoint's tokenizer.json, which jaxllm cannot train or prepare data "
@@ -321,26 +326,36 @@ def prepare(cfg: Config, progress: bool = True) -> Prepared:
     check_sources(cfg.data.sources)
     if cfg.data.engine == "ray":
         _ray_engine_module()  # a missing extra fails before any work
-    root = pathlib.Path(cfg.data.cache_dir)
-    final = root / cache_key(cfg)
-    if (final / "manifest.json").is_file():
-        return load_prepared(final)
+    final = storage.path(cfg.data.cache_dir) / cache_key(cfg)
+    remote = storage.is_remote(final)
+    local = mirror.local_copy(final)  # final itself, or this machine's copy of a gs:// one
+    if mirror.is_complete(local):
+        return load_prepared(local)
+    if remote and mirror.is_complete(final):
+        return load_prepared(mirror.fetch(final, local))
+    storage.check_writable(cfg.data.cache_dir, "--data.cache_dir")
     _say(progress, f"preparing {list(cfg.data.sources)} into {final}")
-    work = root / f".{final.name}.work"  # the units, kept by a crash for the rerun to resume from
-    out = work / f"prepared-{os.getpid()}"  # the files of `final`, renamed into place when complete
+    work = final.parent / f".{final.name}.work"  # the units, kept by a crash for the rerun to resume from
+    scratch = local.parent / f".{local.name}.work"  # a local folder: `work` itself unless that is on gs://
+    out = scratch / f"prepared-{os.getpid()}"  # the files of `final`, published when complete
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     try:
         manifest = _build(cfg, work, out, progress)
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        os.replace(out, final)
-    except ConfigError:  # bad input fails the same way on every rerun: its units would never be resumed
-        shutil.rmtree(work, ignore_errors=True)
+        (out / mirror.MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if remote:
+            storage.publish_directory(out, final, mirror.MANIFEST)
+        storage.publish_directory(out, local, mirror.MANIFEST)
+    except storage.StorageError:  # unreachable storage: the units wait for the rerun
         raise
-    except OSError:  # another process (a second host on a shared disk) finished the same data first
-        if not (final / "manifest.json").is_file():
+    except ConfigError:  # bad input fails the same way on every rerun: its units would never be resumed
+        storage.remove_tree(work)
+        raise
+    except OSError:  # another process (a second host on shared storage) finished the same data first
+        if not (mirror.is_complete(local) or mirror.is_complete(final)):
             raise
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(work, ignore_errors=True)
-    return load_prepared(final)
+    storage.remove_tree(work)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return load_prepared(local if mirror.is_complete(local) else mirror.fetch(final, local))

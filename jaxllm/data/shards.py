@@ -21,8 +21,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def write_split(
     directory: pathlib.Path, split: str, docs_tokens: Iterable[list[int]], n_bytes: int, vocab_size: int, bos: int
 ) -> dict:
-    """Writes <split>.bin, <split>.offsets.npy and <split>.json; returns the index. Callers write into a
-    temporary directory and rename it when every split is done, so a reader never sees a partial shard."""
+    """Writes <split>.bin, <split>.offsets.npy and <split>.json; returns the index. Callers write into a local
+    folder of their own and publish it when every split is done, so a reader never sees a partial shard."""
     dtype = token_dtype(vocab_size)
     offsets, total = [], 0
     with open(directory / f"{split}.bin", "wb") as f:

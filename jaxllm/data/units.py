@@ -1,67 +1,62 @@
 """Resumable work: the units of a preparation (a cleaned chunk, dedup's decision, the tokenizer, a tokenised chunk),
-each published whole in a work directory, so that a rerun after a crash redoes only the units not yet published.
+each published whole in a work directory, local or on object storage (gs://), so that a rerun after a crash, on
+this machine or another, redoes only the units not yet published.
 
-A unit is one file of pickled objects, written under a temporary name and renamed into place, then a small marker
-`<name>.done` (its size and SHA-256) written the same way: a unit counts as finished only once its marker is
-there. Nothing is ever appended to a published file, so the same two steps (write an object whole, then its
-marker) work on object storage. The work directory is trusted by nobody but the preparation that owns it: the
-prepared data a reader sees is published separately, whole (prepare.py).
+A unit is one file of pickled objects written whole (jaxllm.storage.write_bytes: locally a temporary file renamed
+into place, on object storage one upload), then a small marker `<name>.done` (its size and SHA-256) written the
+same way: a unit counts as finished only once its marker is there. Nothing is ever appended or renamed on object
+storage. Two processes doing the same work publish the same bytes, so either's unit serves. The work directory is
+trusted by nobody but the preparations of the same data: the prepared data a reader sees is published separately,
+whole (prepare.py). Its units are unpickled, so it must be as private as the code that reads it.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import io
 import json
 import os
 import pathlib
 import pickle
+import tempfile
 from typing import Any, Callable, Iterable, Iterator
+
+from jaxllm import storage
 
 
 class Units:
     def __init__(self, directory: str | os.PathLike):
-        self.directory = pathlib.Path(directory)
+        self.store = storage.path(directory)  # where the units are published
+        # local folder for the work's temporary files (dedup's spill, the tokenizer's training): never object storage
+        self.directory = pathlib.Path(tempfile.gettempdir()) if storage.is_remote(self.store) else self.store
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def finished(self) -> set[str]:
         """Names of the units published so far."""
-        return {path.name.removesuffix(".done") for path in self.directory.glob("*.done")}
+        return {path.name.removesuffix(".done") for path in self.store.glob("*.done")}
 
     def done(self, name: str) -> bool:
-        return (self.directory / f"{name}.done").is_file()
+        return (self.store / f"{name}.done").is_file()
 
     def publish(self, name: str, *objects: Any) -> dict:
         """Writes the objects as unit `name` and then its marker; returns the marker (bytes, sha256)."""
-        path = self.directory / name
-        tmp = path.with_name(f".{name}.tmp-{os.getpid()}")  # a second process preparing the same data has its own
-        digest = hashlib.sha256()
-        with open(tmp, "wb") as f:
-            for obj in objects:
-                data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-                digest.update(data)
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # the marker must never name bytes that a power loss could still take back
-        os.replace(tmp, path)
-        marker = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
-        _write_whole(self.directory / f"{name}.done", json.dumps(marker).encode())
+        data = b"".join(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL) for obj in objects)
+        storage.write_bytes(self.store / name, data)
+        marker = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        storage.write_bytes(self.store / f"{name}.done", json.dumps(marker).encode())
         return marker
 
     def load(self, name: str) -> Iterator[Any]:
-        """The objects of a published unit, in the order they were written, each read only when asked for."""
-        with open(self.directory / name, "rb") as f:
+        """The objects of a published unit, in the order they were written, each read only when asked for (from
+        object storage the unit is downloaded whole first)."""
+        path = self.store / name
+        with io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else open(path, "rb") as f:
             while True:
                 try:
                     yield pickle.load(f)
                 except EOFError:
                     return
-
-
-def _write_whole(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def unit_name(prefix: str, i: int) -> str:
