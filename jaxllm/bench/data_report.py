@@ -32,8 +32,9 @@ def _throughput_table(t: dict) -> list[str]:
     speedup, bound = t["speedup_2_over_1"], t["amdahl_bound_2_over_1"]
     lines += [
         "",
-        "2 workers over 1 (per round): " + ", ".join(f"{e} {_range(s)}x" for e, s in speedup.items()),
-        "; at most (Amdahl, from the 1-worker run's serial share): "
+        "2 workers over 1 (per round): "
+        + ", ".join(f"{e} {_range(s)}x" for e, s in speedup.items())
+        + "; at most (Amdahl, from the 1-worker run's serial share): "
         + ", ".join(f"{e} {b:.2f}x" for e, b in bound.items()),
         "",
         "driver's wall time per stage, s (median; the engine stages are the parallel part):",
@@ -92,10 +93,10 @@ def plot(result: dict, out: pathlib.Path) -> None:
     left.set_ylabel("MB/s per core (whole preparation)")
     left.set_title(result["throughput"]["source"])
     bottom = [0.0] * len(rows)
-    for stage in rows[0]["stages_s"]:
+    for i, stage in enumerate(rows[0]["stages_s"]):
         seconds = [r["stages_s"].get(stage, 0.0) for r in rows]
-        right.bar(names, seconds, bottom=bottom, label=stage)
+        right.bar(names, seconds, bottom=bottom, label=stage, color=plt.cm.tab20(i))
         bottom = [b + s for b, s in zip(bottom, seconds)]
     right.set_ylabel("driver wall time, s (median)")
-    right.legend(fontsize=7, loc="upper right")
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     save_figure(fig, out)
