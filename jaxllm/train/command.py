@@ -13,7 +13,7 @@ from typing import Callable
 
 from jaxllm import machine, storage
 from jaxllm.config import Config, ConfigError, parse_cli
-from jaxllm.train import distributed
+from jaxllm.train import distributed, supervisor
 from jaxllm.train.loop import run
 from jaxllm.train.stage import Stage, pretraining
 
@@ -32,6 +32,7 @@ def main(
         )
     show_config = flags.get("print_config", "false").lower() in ("1", "true", "yes")
     run_dir = storage.path(flags.get("run_dir") or f"runs/{pathlib.Path(flags.get('experiment', 'base')).stem}")
+    supervisor.supervise(cfg.distributed)  # several processes: this one becomes a light parent rerunning the command
     distributed.initialize(cfg.distributed)  # before anything touches JAX, reading a checkpoint included
     make_stage = pretraining
     if start is not None:

@@ -18,10 +18,7 @@ import jax
 from jax._src import distributed as jax_distributed
 
 from jaxllm.config import ConfigError, DistributedConfig
-
-# The exit status of a process whose run lost a peer (sysexits' EX_UNAVAILABLE): restart every process, and the run
-# resumes from its latest checkpoint.
-EXIT_PEER_LOST = 69
+from jaxllm.train.supervisor import EXIT_PEER_LOST, lost_line, steps_reported
 
 
 def initialize(cfg: DistributedConfig) -> None:
@@ -87,23 +84,20 @@ def end_on_lost_peer(error: Exception, step: int) -> None:
     lost = lost_processes()
     if not lost and jax.process_count() == 2:  # the service cannot tell yet, but there is only one other
         lost = [1 - jax.process_index()]
-    who = f"process {', '.join(map(str, lost))}" if lost else "a peer process"
     first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-    print(
-        f"error: process {jax.process_index()} lost contact with {who} after step {step} ({first}); restart every "
-        f"process with the same command to resume from the latest checkpoint",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(lost_line(jax.process_index(), lost or [], step, first), file=sys.stderr, flush=True)
     os._exit(EXIT_PEER_LOST)
 
 
 @contextlib.contextmanager
 def peers_watched(step: Callable[[], int]):
     """In a multi-process run, a runtime error in the loop (a collective failing because a peer died) ends this
-    process at once with a line naming the lost process (end_on_lost_peer); Python errors (a diverged loss) pass."""
+    process at once with a line naming the lost process (end_on_lost_peer); Python errors (a diverged loss) pass.
+    The step is also reported to the supervising parent, which names it when JAX aborts this process (the
+    coordinator was lost: jaxllm.train.supervisor)."""
     try:
-        yield
+        with steps_reported(step):
+            yield
     except jax.errors.JaxRuntimeError as e:
         if jax.process_count() > 1:
             end_on_lost_peer(e, step())
