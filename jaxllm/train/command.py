@@ -32,7 +32,7 @@ def main(
         )
     show_config = flags.get("print_config", "false").lower() in ("1", "true", "yes")
     run_dir = storage.path(flags.get("run_dir") or f"runs/{pathlib.Path(flags.get('experiment', 'base')).stem}")
-    supervisor.supervise(cfg.distributed)  # several processes: this one becomes a light parent rerunning the command
+    supervisor.supervise(cfg.distributed)  # several processes: forks; the pid started becomes a light parent
     distributed.initialize(cfg.distributed)  # before anything touches JAX, reading a checkpoint included
     make_stage = pretraining
     if start is not None:
