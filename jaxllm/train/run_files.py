@@ -40,7 +40,7 @@ class RunFiles:
         if self.remote:
             for name in PULLED:
                 if (self.root / name).exists():
-                    (self.local / name).write_bytes(storage.retrying((self.root / name).read_bytes, str(self.root)))
+                    (self.local / name).write_bytes(storage.read_bytes(self.root / name))
                     self.sent[name] = _stamp(self.local / name)
         return self
 
