@@ -94,6 +94,23 @@ def test_two_processes_match_one(tiny_corpus, tmp_path):
     assert rel <= 1e-5, (two, one)
 
 
+def _kill_at_step(procs, step: int, victim: int) -> tuple[str, float]:
+    """Kills procs[victim] (kill -9) once process 0 logs `step`; the survivor's stderr and the seconds it took to
+    end after the kill (a hang fails in communicate's timeout)."""
+    survivor = procs[1 - victim]
+    try:
+        for line in procs[0].stdout:
+            if line.startswith(f"step {step}/"):
+                break
+        procs[victim].kill()
+        killed_at = time.monotonic()
+        _, err = survivor.communicate(timeout=120)
+        return err, time.monotonic() - killed_at
+    finally:
+        for p in procs:
+            p.kill()
+
+
 @pytest.mark.slow
 def test_a_dead_peer_ends_the_other_process_at_once_and_a_restart_resumes_exactly(tiny_corpus, tmp_path):
     """Process 1 is killed (kill -9) at step 30 of 40, with the default timeouts: process 0 must end within seconds
@@ -106,17 +123,7 @@ def test_a_dead_peer_ends_the_other_process_at_once_and_a_restart_resumes_exactl
     experiment = _experiment(cfg, tmp_path / "tiny_dead_peer.py")
 
     procs = _two_processes(experiment, tmp_path / "run")
-    try:
-        for line in procs[0].stdout:  # wait until both processes are stepping together, past the checkpoint
-            if line.startswith("step 30/"):
-                break
-        procs[1].kill()
-        killed_at = time.monotonic()
-        _, err = procs[0].communicate(timeout=120)  # a hang fails here
-        ended_s = time.monotonic() - killed_at
-    finally:
-        for p in procs:
-            p.kill()
+    err, ended_s = _kill_at_step(procs, 30, victim=1)  # both stepping together, past the checkpoint
     print(f"process 0 ended {ended_s:.1f}s after its peer was killed")
     assert procs[0].returncode == EXIT_PEER_LOST, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("error: process 0 lost contact with process 1 after step ")
@@ -144,17 +151,7 @@ def test_a_dead_coordinator_ends_the_other_process_at_once_with_one_line(tiny_co
     )
     prepare(cfg, progress=False)
     procs = _two_processes(_experiment(cfg, tmp_path / "tiny_dead_coordinator.py"), tmp_path / "run")
-    try:
-        for line in procs[0].stdout:
-            if line.startswith("step 2/"):
-                break
-        procs[0].kill()
-        killed_at = time.monotonic()
-        _, err = procs[1].communicate(timeout=120)
-        ended_s = time.monotonic() - killed_at
-    finally:
-        for p in procs:
-            p.kill()
+    err, ended_s = _kill_at_step(procs, 2, victim=0)
     print(f"process 1 ended {ended_s:.2f}s after the coordinator was killed")
     assert procs[1].returncode == EXIT_PEER_LOST, err[-3000:]
     assert "stack trace" not in err and "client.h" not in err, err[-3000:]
