@@ -34,7 +34,6 @@ from jaxllm.config import ConfigError
 REMOTE = "gs://"
 RETRIES = 4  # our own attempts at a whole-file write, each after gcsfs's own retries of every request
 RETRY_S = 2.0  # the first wait between them, doubled after each
-COPY_BYTES = 16 << 20  # read size when hashing a file
 T = TypeVar("T")
 
 
@@ -126,11 +125,13 @@ def download(p: str | os.PathLike, target: pathlib.Path) -> str:
     """Copies gs:// path p to the local file target, streamed (a partial file is removed on failure); returns the
     sha256 of what arrived."""
     retrying(lambda: _gcs().get_file(os.fspath(p), str(target)), os.fspath(p), "download")
-    digest = hashlib.sha256()
-    with open(target, "rb") as f:
-        while block := f.read(COPY_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(target)
+
+
+def file_sha256(path: pathlib.Path) -> str:
+    """The sha256 of a local file, read in blocks (a token shard may not fit in memory)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def publish_directory(source: pathlib.Path, dest: str | os.PathLike, last: str) -> bool:

@@ -265,7 +265,7 @@ def _encode_split(
     encoded = itertools.chain.from_iterable(next(units.load(unit_name(name, i))) for i in range(chunks))
     n_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
     index = shards.write_split(out, name, encoded, n_bytes, tokenizer.vocab_size, tokenizer.bos)
-    index["sha256"] = hashlib.sha256((out / f"{name}.bin").read_bytes()).hexdigest()
+    index["sha256"] = storage.file_sha256(out / f"{name}.bin")
     return index, resumed
 
 
@@ -300,7 +300,7 @@ def _build_on(cfg: Config, work: pathlib.Path, out: pathlib.Path, progress: bool
         "data": _data_settings(cfg.data),
         "vocab_size": tokenizer.vocab_size,
         "tokenizer_file": tokenizer.path.name,
-        "tokenizer_sha256": hashlib.sha256(tokenizer.path.read_bytes()).hexdigest(),
+        "tokenizer_sha256": storage.file_sha256(tokenizer.path),
         "splits": splits,
         "sources": summary,
         "seconds": {"read": t1 - t0, "tokenizer": t2 - t1, "encode": t3 - t2},

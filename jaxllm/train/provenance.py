@@ -19,10 +19,6 @@ MANIFEST, REPORT = "manifest.json", "report.json"  # what jaxllm.data.prepare wr
 TIMINGS = ("seconds", "workers", "docs_per_second")  # how long a preparation took, not what it made
 
 
-def file_sha256(path: pathlib.Path) -> str:
-    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
-
-
 def data_hash(manifest: dict, report: dict | None) -> str:
     """sha256 of what prepared data is: its manifest (sources, every data setting but the cache's location, each
     document's sha256 and split, the splits' sizes, the tokenizer's sha256, the preparing code's version) and its
@@ -86,7 +82,7 @@ def of_checkpoint(cfg: Config, tokenizer_path: pathlib.Path, parent_meta: dict |
         }
     return {
         "stage": cfg.posttrain.stage or "pretraining",
-        "tokenizer_sha256": file_sha256(tokenizer_path),
+        "tokenizer_sha256": storage.file_sha256(tokenizer_path),
         "data": data,
         "parent": parent,
     }
@@ -97,7 +93,7 @@ def of_import(hf_dir: pathlib.Path, tokenizer_path: pathlib.Path) -> dict:
     whatever the config it brought (a jaxllm export's) says the model started from; its data is not known here."""
     return {
         "stage": "imported",
-        "tokenizer_sha256": file_sha256(tokenizer_path),
+        "tokenizer_sha256": storage.file_sha256(tokenizer_path),
         "data": None,
         "parent": {"hf_dir": str(pathlib.Path(hf_dir).resolve())},
     }
