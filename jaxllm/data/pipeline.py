@@ -71,17 +71,6 @@ def _run_in_worker(make: bytes, chunk: Any) -> Any:
     return _made["fn"](chunk)
 
 
-def _result(future: concurrent.futures.Future) -> Any:
-    try:
-        return future.result()
-    except concurrent.futures.BrokenExecutor:
-        raise Stopped(
-            "error: data preparation stopped: a worker process of the local engine died (killed, or out of memory: "
-            "fewer --data.workers use less); rerun the same command to resume from the chunks already finished",
-            1,
-        ) from None
-
-
 class LocalPool:
     """The local engine (its `map` is an Engine): make()(chunk) over chunks in `workers` spawned processes, at most
     two chunks per worker in flight, results in input order. The processes start at the first map with more than
@@ -109,9 +98,16 @@ class LocalPool:
             for chunk in chunks:
                 pending.append(self._executor.submit(task, chunk))
                 if len(pending) >= 2 * self.workers:
-                    yield _result(pending.popleft())
+                    yield pending.popleft().result()
             while pending:
-                yield _result(pending.popleft())
+                yield pending.popleft().result()
+        except concurrent.futures.BrokenExecutor:  # from a result, or from a submit once the pool knows
+            raise Stopped(
+                "error: data preparation stopped: a worker process of the local engine died (killed, or out of "
+                "memory: fewer --data.workers use less); rerun the same command to resume from the chunks already "
+                "finished",
+                1,
+            ) from None
         finally:
             for future in pending:  # a consumer that stopped early leaves no queued chunk to the next map
                 future.cancel()
