@@ -3,13 +3,13 @@ cluster, results in input order.
 
 Only the map differs from the local engine (pipeline.map_locally): chunking, the dedup decision, the merging of
 reports and the writing of shards are the same driver code, so both engines prepare byte-identical data. The driver
-streams chunks round-robin to `workers` actors (one CPU each, the function built once per actor), at most two chunks
-per actor in flight, so memory stays bounded whatever the corpus size. The actors of a call stay for the next calls
-whatever their function (cleaning, the rounds of components.star_components, the two splits' tokenising): each
-call puts its pickled function in the object store once and an actor rebuilds only when a call brings another,
-since starting actors costs seconds; they go when a call fails or the cluster is left. Not a Ray Data
-dataset: that would need the whole input materialised in the driver or the sources rewritten as datasources;
-ray[data] is pinned for that next step.
+streams chunks round-robin to `workers` actors (one CPU each, the function built once per actor), at most
+pipeline.IN_FLIGHT chunks per actor in flight, so memory stays bounded whatever the corpus size. The actors of a
+call stay for the next calls whatever their function (cleaning, the rounds of components.star_components, the two
+splits' tokenising): each call puts its pickled function in the object store once and an actor rebuilds only when
+a call brings another, since starting actors costs seconds; they go when a call fails or the cluster is left. Not a
+Ray Data dataset: that would need the whole input materialised in the driver or the sources rewritten as
+datasources; ray[data] is pinned for that next step.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import ray
 from ray import cloudpickle
+
+from jaxllm.data.pipeline import IN_FLIGHT
 
 
 @ray.remote(num_cpus=1)
@@ -75,7 +77,7 @@ def map_on_ray(chunks: Iterable[Any], make: Callable[[], Callable[[Any], Any]], 
         # Each actor runs its calls in submission order, so taking results from the front keeps input order.
         for actor, chunk in zip(itertools.cycle(actors), chunks):
             pending.append(actor.run.remote(made, chunk))
-            if len(pending) >= 2 * len(actors):
+            if len(pending) >= IN_FLIGHT * len(actors):
                 yield ray.get(pending.popleft())
         while pending:
             yield ray.get(pending.popleft())

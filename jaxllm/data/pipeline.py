@@ -1,11 +1,11 @@
 """The cleaning pipeline over a stream of documents: clean on an engine, dedup the whole corpus, report.
 
 Two passes. First, documents are cut into chunks (about 1 MB) and an engine maps Cleaner.clean_chunk over them:
-the local one (LocalPool) `workers` processes with at most two chunks per worker in flight, kept for the whole
-preparation, the Ray one (engine_ray.py) actors of a Ray cluster. The engine is the only part that differs: the
-parent takes the results in input order and publishes each chunk (its report, exact keys, MinHash signatures and
-cleaned documents) as a unit of the work directory (units.Units), so a rerun after a crash cleans only the chunks
-not yet published.
+the local one (LocalPool) `workers` processes with at most IN_FLIGHT chunks per worker in flight, kept for the whole
+preparation, the Ray one (engine_ray.py) actors of a Ray cluster. The engine is the only part that differs: each
+worker packs its chunk's results (its report, exact keys, MinHash signatures and cleaned documents) as a unit of
+the work directory (units.Units), which the parent, taking them in input order, publishes, so a rerun after a crash
+cleans only the chunks not yet published.
 Once the corpus is through, the dedup driver (dedup.DedupIndex: 17 bytes of memory per document, at most about 66
 while deciding) reads the keys and signatures back and decides which document of each group to keep (the lowest
 input index); the decision is published too, and the second pass reads the chunks back in order and yields the
@@ -36,11 +36,14 @@ from jaxllm.data.components import Components
 from jaxllm.data.dedup import DedupIndex, Verdicts
 from jaxllm.data.report import Report
 from jaxllm.data.sources import Document, SourceStats
-from jaxllm.data.units import Units, map_units, unit_name
+from jaxllm.data.units import Units, map_units, pack, unit_name
 
 CHUNK_DOCS = 256
 CHUNK_BYTES = 1 << 20
 PROGRESS_EVERY_S = 5.0
+# Chunks in flight per worker. Results are taken in input order, so while the oldest chunk runs long the other
+# workers can only go on with the chunks already handed out: a deeper window idles them less.
+IN_FLIGHT = 4
 
 CleanedChunk = tuple[list[Cleaned], Report]
 # An engine: (chunks, make) -> make()(chunk) for each chunk, in input order, wherever it runs. make is picklable
@@ -48,16 +51,23 @@ CleanedChunk = tuple[list[Cleaned], Report]
 Engine = Callable[[Iterable[Any], Callable[[], Callable[[Any], Any]]], Iterator[Any]]
 
 
-def _chunks(docs: Iterable[Document]) -> Iterator[list[Document]]:
-    chunk, size = [], 0
-    for doc in docs:
-        chunk.append(doc)
-        size += len(doc.text)
-        if len(chunk) >= CHUNK_DOCS or size >= CHUNK_BYTES:
+def chunked(items: Iterable[Any], size: Callable[[Any], int], max_items: int, max_size: int) -> Iterator[list]:
+    """Consecutive items in lists of at most max_items, each closed once its sizes reach max_size: chunks of about
+    equal work, since an engine returns results in input order and one far larger chunk would idle the other
+    workers while it finishes."""
+    chunk, total = [], 0
+    for item in items:
+        chunk.append(item)
+        total += size(item)
+        if len(chunk) >= max_items or total >= max_size:
             yield chunk
-            chunk, size = [], 0
+            chunk, total = [], 0
     if chunk:
         yield chunk
+
+
+def _text_size(doc: Document) -> int:
+    return len(doc.text)
 
 
 # What a local worker made last: the pickled `make` it came from and the function (a worker serves every map of a
@@ -73,7 +83,7 @@ def _run_in_worker(make: bytes, chunk: Any) -> Any:
 
 class LocalPool:
     """The local engine (its `map` is an Engine): make()(chunk) over chunks in `workers` spawned processes, at most
-    two chunks per worker in flight, results in input order. The processes start at the first map with more than
+    IN_FLIGHT chunks per worker in flight, results in input order. The processes start at the first map with more than
     one chunk (for one worker or one chunk the work runs in this process: starting a spawned worker costs seconds,
     more than a chunk's work) and serve every later map until close(), so cleaning and both splits' tokenising pay
     for starting them once. A worker that dies ends the map with jaxllm.cli.Stopped instead of waiting for it."""
@@ -97,7 +107,7 @@ class LocalPool:
         try:
             for chunk in chunks:
                 pending.append(self._executor.submit(task, chunk))
-                if len(pending) >= 2 * self.workers:
+                if len(pending) >= IN_FLIGHT * self.workers:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
@@ -140,6 +150,13 @@ def chunk_cleaner(cfg: CleanConfig) -> Callable[[list[Document]], CleanedChunk]:
     return Cleaner(cfg).clean_chunk
 
 
+def _chunk_objects(result: CleanedChunk) -> tuple:
+    """A cleaned chunk's unit: what dedup reads (report, exact keys, signatures), then the cleaned documents."""
+    cleaned, report = result
+    dedup_input = (report, [c.exact_key for c in cleaned], [c.signature for c in cleaned])
+    return dedup_input, [(c.doc, c.n_bytes) for c in cleaned]
+
+
 def _clean_chunks(
     docs: Iterable[Document], cfg: CleanConfig, engine: Engine, units: Units, progress: bool
 ) -> tuple[int, int]:
@@ -149,22 +166,18 @@ def _clean_chunks(
     start = last_print = time.perf_counter()
     seen = [0]
 
-    def say_progress(result: CleanedChunk) -> None:
+    def say_progress(chunk: list[Document]) -> None:
         nonlocal last_print
-        seen[0] += result[1].stages["normalize"].docs_in
+        seen[0] += len(chunk)
         now = time.perf_counter()
         if progress and now - last_print >= PROGRESS_EVERY_S:
             last_print = now
             rate = seen[0] / (now - start)
             print(f"[data] cleaning: {seen[0]:,} documents, {rate:,.0f} docs/s", file=sys.stderr, flush=True)
 
-    def objects(result: CleanedChunk) -> tuple:
-        cleaned, report = result
-        dedup_input = (report, [c.exact_key for c in cleaned], [c.signature for c in cleaned])
-        return dedup_input, [(c.doc, c.n_bytes) for c in cleaned]
-
+    chunks = chunked(docs, _text_size, CHUNK_DOCS, CHUNK_BYTES)
     make = functools.partial(chunk_cleaner, cfg)
-    return map_units(units, "chunk", _chunks(docs), engine, make, objects, say_progress)
+    return map_units(units, "chunk", chunks, engine, make, _chunk_objects, say_progress)
 
 
 def _decide(units: Units, chunks: int, cfg: CleanConfig, report: Report, components: Components) -> Verdicts:
@@ -184,7 +197,7 @@ def _decide(units: Units, chunks: int, cfg: CleanConfig, report: Report, compone
     finally:
         if index is not None:
             index.close()
-    units.publish("dedup", verdicts)
+    units.publish("dedup", pack(verdicts))
     return verdicts
 
 

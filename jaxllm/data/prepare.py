@@ -18,6 +18,7 @@ the key or the manifest, and a run on one engine resumes another's units.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -39,9 +40,10 @@ from jaxllm import tokenizer as tok
 from jaxllm.config import Config, ConfigError, DataConfig
 from jaxllm.data import mirror, shards
 from jaxllm.data.components import Components
-from jaxllm.data.pipeline import Engine, clean_corpus, local_engine
+from jaxllm.data.pipeline import Engine, chunked, clean_corpus, local_engine
+from jaxllm.data.report import Report
 from jaxllm.data.sources import Document, SourceStats, check_sources, input_paths, iter_documents, stdlib_root
-from jaxllm.data.units import Units, map_units, unit_name
+from jaxllm.data.units import Units, map_units, pack, unit_name
 
 
 @functools.cache
@@ -86,20 +88,28 @@ def _split(docs, val_fraction: float):
             yield doc, is_validation(doc.id, val_fraction)
 
 
+def _size_and_time(path: pathlib.Path) -> tuple[int | None, int | None]:
+    """One stat call: a source lists tens of thousands of files (site-packages), checked on every preparation."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    return st.st_size, st.st_mtime_ns
+
+
 def _input_fingerprint(sources: tuple[str, ...]) -> list:
     """Cheap evidence that the inputs are unchanged: the interpreter for the stdlib, path, size and modification
     time of every local file a source reads."""
     out = []
     for source in sources:
-        files = []
-        for path in input_paths(source):
-            st = path.stat() if path.exists() else None
-            files.append([str(path), st and st.st_size, st and st.st_mtime_ns])
+        files = [[str(path), *_size_and_time(path)] for path in input_paths(source)]
         out.append([source, sys.version, str(stdlib_root())] if source.startswith("stdlib") else [source, files])
     return out
 
 
-ENCODE_DOCS = 256  # documents per tokenising chunk
+# A tokenising chunk: this many documents or, sooner, texts of this many characters (chunks of about equal work)
+ENCODE_DOCS = 256
+ENCODE_CHARS = 1 << 20
 # how the data is prepared, not what it is
 ENGINE_SETTINGS = ("engine", "ray_address", "workers", "union_find_max_pairs")
 
@@ -167,8 +177,9 @@ def _components(data: DataConfig, engine: Engine, workers: int) -> Components:
 
 
 def _collect(
-    cfg: Config, work: pathlib.Path, out: pathlib.Path, progress: bool, engine: Engine, workers: int
-) -> tuple[list[Document], list[Document], dict]:
+    cfg: Config, work: pathlib.Path, progress: bool, engine: Engine, workers: int
+) -> tuple[list[Document], list[Document], dict, Report]:
+    """The cleaned documents split into train and held-out, the summary for the manifest, the cleaning report."""
     stats = SourceStats()
     docs, report = clean_corpus(
         iter_documents(cfg.data.sources, stats),
@@ -180,7 +191,6 @@ def _collect(
         engine=engine,
         components=_components(cfg.data, engine, workers),
     )
-    report.write(out)
     if progress:
         report.print_table()
     train, val, records = [], [], []
@@ -211,7 +221,7 @@ def _collect(
         f"{stats.files_read} files read, {stats.files_skipped} skipped (undecodable or unreadable), "
         f"cleaning kept {len(docs)} documents: {len(train)} train / {len(val)} held-out",
     )
-    return train, val, summary
+    return train, val, summary, report
 
 
 def _tokenizer_lines(docs: list[Document], budget_bytes: int):
@@ -247,7 +257,7 @@ def _tokenizer(cfg: Config, train: list[Document], val: list[Document], units: U
     if not units.done("tokenizer"):
         with tempfile.TemporaryDirectory(dir=units.directory) as directory:
             trained = _train_tokenizer(cfg, train, val, pathlib.Path(directory))
-            units.publish("tokenizer", trained.path.name, trained.path.read_bytes())
+            units.publish("tokenizer", pack(trained.path.name, trained.path.read_bytes()))
     name, model = units.load("tokenizer")
     (out / name).write_bytes(model)
     return tok.load(out / name)
@@ -256,11 +266,11 @@ def _tokenizer(cfg: Config, train: list[Document], val: list[Document], units: U
 def _encode_split(
     name: str, docs: list[Document], tokenizer: tok.Tokenizer, units: Units, out: pathlib.Path, engine: Engine
 ) -> tuple[dict, int]:
-    """Tokenises the split on the engine in chunks of ENCODE_DOCS documents, each published as a unit (those an
+    """Tokenises the split on the engine in chunks (ENCODE_DOCS, ENCODE_CHARS), each published as a unit (those an
     earlier run published are not redone), then writes the split's shard from them in input order; returns its
     index and how many chunks an earlier run had published."""
     encoder = functools.partial(chunk_encoder, tokenizer.path.name, tokenizer.path.read_bytes())
-    texts = ([d.text for d in docs[i : i + ENCODE_DOCS]] for i in range(0, len(docs), ENCODE_DOCS))
+    texts = chunked((d.text for d in docs), len, ENCODE_DOCS, ENCODE_CHARS)
     chunks, resumed = map_units(units, name, texts, engine, encoder)
     encoded = itertools.chain.from_iterable(next(units.load(unit_name(name, i))) for i in range(chunks))
     n_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
@@ -277,17 +287,22 @@ def _build(cfg: Config, work: pathlib.Path, out: pathlib.Path, progress: bool) -
 def _build_on(cfg: Config, work: pathlib.Path, out: pathlib.Path, progress: bool, engine: Engine, workers: int) -> dict:
     """Builds the prepared files in `out` from the units of `work`, running the units not yet published."""
     t0 = time.perf_counter()
-    train, val, summary = _collect(cfg, work, out, progress, engine, workers)
+    train, val, summary, report = _collect(cfg, work, progress, engine, workers)
     t1 = time.perf_counter()
     units = Units(work / "tokenize")
     tokenizer = _tokenizer(cfg, train, val, units, out)
     t2 = time.perf_counter()
     _say(progress, f"tokenizer ({cfg.data.tokenizer}, {tokenizer.vocab_size} tokens) ready in {t2 - t1:.1f}s")
     splits = {}
-    for name, docs in (("train", train), ("val", val)):
-        splits[name], resumed = _encode_split(name, docs, tokenizer, units, out, engine)
-        if resumed:
-            _say(progress, f"{name}: {resumed} tokenised chunks were published by an earlier run")
+    # The report is drawn while the splits are tokenised, when the driver mostly waits on the engine's workers
+    # (before, training the tokenizer would share the interpreter with it and wait longer).
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="report") as drawer:
+        report_written = drawer.submit(report.write, out)
+        for name, docs in (("train", train), ("val", val)):
+            splits[name], resumed = _encode_split(name, docs, tokenizer, units, out, engine)
+            if resumed:
+                _say(progress, f"{name}: {resumed} tokenised chunks were published by an earlier run")
+        report_written.result()
     t3 = time.perf_counter()
     for name, index in splits.items():
         _say(

@@ -118,21 +118,29 @@ def _read_text(path: pathlib.Path, stats: SourceStats, label: str) -> str | None
     return text
 
 
-def _walk(root: pathlib.Path, suffixes) -> list[pathlib.Path]:
-    """Files under root with one of the suffixes, sorted; hidden folders and caches are not entered."""
+def _suffix(name: str) -> str:
+    """pathlib's suffix of a file name, without building a Path."""
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
+
+
+def _walk(root: pathlib.Path, suffixes, top_excluded: tuple[str, ...] = ()) -> list[pathlib.Path]:
+    """Files under root with one of the suffixes, sorted as pathlib sorts (component by component); hidden folders,
+    caches and root's folders ending in top_excluded are not entered. Strings until the end: site-packages holds
+    tens of thousands of files, and pathlib's per-file cost made listing them a second of the driver's time."""
     paths = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [
             d
             for d in dirnames
-            if not d.startswith(".") and d not in ("site-packages", "dist-packages", "__pycache__", "node_modules")
+            if not d.startswith(".")
+            and d not in ("site-packages", "dist-packages", "__pycache__", "node_modules")
+            and not (top_excluded and d.endswith(top_excluded) and dirpath == str(root))
         ]
         paths += [
-            pathlib.Path(dirpath) / f
-            for f in filenames
-            if not f.startswith(".") and pathlib.Path(f).suffix.lower() in suffixes
+            os.path.join(dirpath, f) for f in filenames if not f.startswith(".") and _suffix(f).lower() in suffixes
         ]
-    return sorted(paths)
+    return [pathlib.Path(p) for p in sorted(paths, key=lambda p: p.split(os.sep))]
 
 
 def stdlib_documents(stats: SourceStats, root: pathlib.Path | None = None) -> Iterator[Document]:
@@ -191,11 +199,7 @@ def site_packages_root() -> pathlib.Path:
 def _site_packages_files(root: pathlib.Path) -> list[pathlib.Path]:
     """Sources and documentation of the installed packages, sorted; *.dist-info and *.egg-info folders (licenses,
     file lists, entry points) are metadata, not text, and left out."""
-    return [
-        path
-        for path in _walk(root, SITE_PACKAGES_SUFFIXES)
-        if not path.relative_to(root).parts[0].endswith((".dist-info", ".egg-info"))
-    ]
+    return _walk(root, SITE_PACKAGES_SUFFIXES, top_excluded=(".dist-info", ".egg-info"))
 
 
 def _megabytes(source: str, arg: str) -> float:
