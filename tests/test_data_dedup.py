@@ -3,6 +3,7 @@ choice of the kept document."""
 
 from __future__ import annotations
 
+import pickle
 import re
 
 import numpy as np
@@ -21,6 +22,7 @@ from jaxllm.data.dedup import (
     exact_key,
     first_of_equal,
     join_components,
+    verified_pairs,
     verify_edges,
 )
 
@@ -139,7 +141,53 @@ def test_candidates_are_all_pairs_of_small_buckets_and_star_plus_chain_in_big_on
     assert list(zip(lo.tolist(), hi.tolist())) == [(0, 1), (0, 3), (0, 4), (1, 3), (1, 4), (2, 8), (3, 4)]
     lo, hi = candidate_edges(keys, docs, all_pairs_max=3)  # bucket 5 is big: star on 0, chain 0-1-3-4
     assert list(zip(lo.tolist(), hi.tolist())) == [(0, 1), (0, 3), (0, 4), (1, 3), (2, 8), (3, 4)]
+    lo, hi = candidate_edges(keys[[0, 1, 2, 6]], docs[[0, 1, 2, 6]], all_pairs_max=3)  # a big bucket alone
+    assert list(zip(lo.tolist(), hi.tolist())) == [(0, 1), (0, 3), (0, 4), (1, 3), (3, 4)]
     assert [len(e) for e in candidate_edges(np.zeros(0, np.uint64), np.zeros(0, np.int64))] == [0, 0]
+
+
+def planted_signatures(seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """200 signatures with planted near copies (about 85-90% of values equal: chains, pairs, a template copied 100
+    times, whose buckets exceed ALL_PAIRS_MAX), a pair sharing two bands only, and the indices considered (all but
+    13, as if an exact copy)."""
+    rng = np.random.default_rng(seed)
+    signatures = random_signatures(200, seed)
+    for a, b in [(0, 7), (7, 13), (13, 21), (30, 31), (5, 25), (40, 41)]:
+        signatures[b] = np.where(rng.random(112) < 0.15, signatures[b], signatures[a])
+    for b in range(100, 200):
+        signatures[b] = np.where(rng.random(112) < 0.1, signatures[b], signatures[50])
+    signatures[45, :16] = signatures[44, :16]
+    return signatures, np.delete(np.arange(200), 13)
+
+
+def test_band_tasks_across_processes_and_partitions_verify_the_pairs_of_one_process(tmp_path):
+    """The band tasks, pickled both ways as a worker process gets and returns them, over 3 partitions of each
+    band, verify the pairs that the stages run band by band in one process verify, with the same counts."""
+    cfg = DedupConfig()
+    signatures, index = planted_signatures()
+    direct, candidates, verified = set(), 0, 0
+    for band in range(cfg.bands):
+        lo, hi = candidate_edges(*band_rows(signatures[index], index, cfg, (band,)))
+        ok = verify_edges(lo, hi, signatures, cfg.threshold)
+        candidates, verified = candidates + len(lo), verified + int(ok.sum())
+        direct |= set(zip(lo[ok].tolist(), hi[ok].tolist()))
+    path = tmp_path / "signatures"
+    path.write_bytes(signatures.tobytes() + index.astype("<i8").tobytes())
+    tasks_seen = []
+
+    def across_processes(tasks, make):
+        fn = pickle.loads(pickle.dumps(make))()
+        for task in tasks:
+            tasks_seen.append(task)
+            yield pickle.loads(pickle.dumps(fn(pickle.loads(pickle.dumps(task)))))
+
+    pairs, on_engine_candidates, on_engine_verified = verified_pairs(str(path), 200, cfg, 3, across_processes)
+    assert [tuple(p) for p in pairs.tolist()] == sorted(direct)
+    assert (on_engine_candidates, on_engine_verified) == (candidates, verified)
+    assert len(tasks_seen) == 3 * cfg.bands
+    assert {(0, 7), (30, 31), (40, 41), (50, 100)} <= direct and (44, 45) not in direct
+    assert not {13, 21} & {d for pair in direct for d in pair}  # 13 is not considered, 21 resembles only 13
+    assert candidates > verified > 100  # the template's big buckets, star and chain
 
 
 def test_union_find_gives_each_component_its_lowest_index():
@@ -260,4 +308,5 @@ def test_the_benchmark_runs_and_tabulates():
     planted, memory = result["planted"], result["memory"]
     assert sum(b["pairs"] for b in planted["bins"]) == 12 == planted["pairs"]
     assert memory["documents"] == 512 and memory["signature_file_bytes_per_doc"] == 448  # two chunks of 256
+    assert memory["band_task_peak_bytes_per_doc"] > 0
     assert "merged at J >= 0.8" in dedup_table(result) and "| 0.9-1.0 |" in dedup_table(result)

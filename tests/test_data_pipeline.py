@@ -11,6 +11,7 @@ import signal
 
 import pytest
 
+import jaxllm.data.dedup as dedup
 import jaxllm.data.pipeline as pipeline
 from jaxllm.cli import run_main
 from jaxllm.config.clean import CleanConfig
@@ -110,7 +111,8 @@ def test_two_workers_give_identical_output(single, monkeypatch):
 
 def test_near_duplicates_keep_the_lowest_index_whatever_the_worker_count(monkeypatch):
     """A cluster of three near copies, the first of them an edited copy: it is the one kept; an exact copy of a
-    removed member is reported as exact. One worker and two workers with one-document chunks agree."""
+    removed member is reported as exact. One worker and two workers with one-document chunks (dedup's band tasks
+    on those workers too) agree."""
     modules = {d.id: d for d in stdlib_documents(SourceStats()) if d.id.split("/", 1)[1] in MODULES}
     heapq = modules["stdlib/heapq.py"]
     edit = lambda doc_id, old, new: Document(doc_id, heapq.text.replace(old, new), "test", kind="code")  # noqa: E731
@@ -136,6 +138,7 @@ def test_near_duplicates_keep_the_lowest_index_whatever_the_worker_count(monkeyp
         {"kept": "stdlib/heapq-edited.py", "size": 3, "members": ["stdlib/heapq.py", "stdlib/heapq-other-edit.py"]}
     ]
     monkeypatch.setattr(pipeline, "CHUNK_DOCS", 1)
+    monkeypatch.setattr(dedup, "ENGINE_MIN_DOCS", 0)
     kept_2, report_2 = clean_corpus(docs, CleanConfig(), workers=2, progress=False)
     assert kept_2 == kept
     without_timing = lambda r: {
@@ -205,7 +208,8 @@ def test_a_killed_worker_ends_the_preparation_with_one_line(capsys):
     instead of waiting for its chunk forever; no worker is left behind."""
 
     def command(argv):
-        return len(list(pipeline.map_locally(range(8), _make_kill_self_at_third, workers=2)))
+        with pipeline.local_engine(2) as engine:
+            return len(list(engine(range(8), _make_kill_self_at_third)))
 
     assert run_main(command, []) == 1
     assert capsys.readouterr().err == (

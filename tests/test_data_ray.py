@@ -19,15 +19,17 @@ import ray
 
 import jaxllm.data
 from jaxllm.cli import run_main
+from jaxllm.config.clean import DedupConfig
 from jaxllm.data import __main__ as data_command
-from jaxllm.data import pipeline
+from jaxllm.data import dedup, pipeline
 from jaxllm.data import prepare as prepare_module
-from jaxllm.data.components import Components, star_components
-from jaxllm.data.dedup import join_components
+from jaxllm.data.components import Components, in_process, star_components
+from jaxllm.data.dedup import join_components, verified_pairs
 from jaxllm.data.engine_ray import cluster, map_on_ray
 from jaxllm.data.prepare import cache_key, load_prepared, prepare
 from tests.conftest import tiny_config
 from tests.prepared_files import contents
+from tests.test_data_dedup import planted_signatures
 from tests.test_prepare_resume import prepare_in_child
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -46,8 +48,10 @@ def _replace(cfg, **data):
 
 @pytest.mark.slow  # two preparations, one on Ray resuming a third, killed
 def test_ray_and_local_engines_prepare_identical_bytes(ray_cluster, tiny_corpus, tmp_path, monkeypatch, capsys):
-    # Chunks of 3 documents: the 2 actors each clean and tokenise several chunks, results coming back out of order.
+    # Chunks of 3 documents: the 2 actors each clean and tokenise several chunks, results coming back out of order;
+    # dedup's band tasks run on them too.
     monkeypatch.setattr(pipeline, "CHUNK_DOCS", 3)
+    monkeypatch.setattr(dedup, "ENGINE_MIN_DOCS", 0)
     monkeypatch.setattr(prepare_module, "ENCODE_DOCS", 3)  # the same for tokenising
     # Different cache directories: nothing of the path (the temporary one included) may reach the files.
     local_cfg = _replace(tiny_config(tiny_corpus, tmp_path / "local"), workers=2)
@@ -115,6 +119,17 @@ def test_clusters_form_on_ray_actors_as_by_union_find(ray_cluster):
         labels = star_components(64, lo, hi, Components(functools.partial(map_on_ray, workers=2), partitions=2))
     assert labels.tolist() == join_components(np.arange(64), lo, hi).tolist()
     assert labels[chain].tolist() == [3] * len(chain) and labels[[44, 52, 61]].tolist() == [1, 50, 60]
+
+
+def test_band_tasks_on_ray_actors_verify_the_pairs_of_one_process(ray_cluster, tmp_path):
+    """Dedup's band tasks, 2 partitions a band, on 2 actors that map the driver's signature file."""
+    signatures, index = planted_signatures()
+    path = tmp_path / "signatures"
+    path.write_bytes(signatures.tobytes() + index.astype("<i8").tobytes())
+    here = verified_pairs(str(path), 200, DedupConfig(), 2, in_process)
+    with cluster(ray_cluster):
+        on_ray = verified_pairs(str(path), 200, DedupConfig(), 2, functools.partial(map_on_ray, workers=2))
+    assert on_ray[0].tolist() == here[0].tolist() and on_ray[1:] == here[1:] and len(here[0]) > 100
 
 
 def test_missing_ray_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):

@@ -7,7 +7,7 @@ get preempted, and runs on failing object storage.
   python -m jaxllm.bench speedrun --data=PATH/tinyshakespeare.txt [--target=1.88]
   python -m jaxllm.bench budget [--budget=10m] [--fixed=base_fixed|none]   # planned vs fixed vs compressors
   python -m jaxllm.bench serve --run_dir=DIR [--compare=hf] [--concurrency=1,4,16,32] [--soak=1000]  # HTTP load
-  python -m jaxllm.bench dedup [--pairs=3000] [--docs=1000000]  # near dedup on planted pairs, driver memory
+  python -m jaxllm.bench dedup [--pairs=3000] [--docs=1000000] [--workers=2]  # near dedup, driver memory
   python -m jaxllm.bench data [--source=site-packages:100] [--rounds=3] [--datatrove=VENV]  # MB/s per core
   python -m jaxllm.bench resilience [--trials_term=20] [--trials_kill=10] [--seed=0] [--rounds=3]  # preemption
   python -m jaxllm.bench storage [--steps=20] [--checkpoint_every=5] [--train.*=...]  # gs:// faults, emulated
@@ -38,7 +38,7 @@ from jaxllm.config import ConfigError, parse_cli
 
 FLAGS = ("compare", "steps", "warmup", "rounds", "out", "new_tokens", "data", "target", "budget", "fixed")
 COMMANDS = ("train", "generate", "speedrun", "budget", "serve", "dedup", "data", "resilience", "storage")
-DEDUP_FLAGS = ("pairs", "docs")
+DEDUP_FLAGS = ("pairs", "docs", "workers")
 RESILIENCE_FLAGS = ("trials_term", "trials_kill", "seed")
 DATA_FLAGS = ("source", "datatrove", "compare_source")
 # `serve`'s own flags (jaxllm.bench.serve.bench_config reads them)
@@ -76,7 +76,9 @@ def main(argv: list[str]) -> int:
     if command == "serve":
         result = _serve(flags, out)
     elif command == "dedup":
-        result = bench_dedup(int(flags.get("pairs", 3000)), int(flags.get("docs", 1_000_000)))
+        result = bench_dedup(
+            int(flags.get("pairs", 3000)), int(flags.get("docs", 1_000_000)), int(flags.get("workers", 2))
+        )
     elif command == "data":
         result = bench_data(flags)
         out.parent.mkdir(parents=True, exist_ok=True)

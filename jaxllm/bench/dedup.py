@@ -1,5 +1,5 @@
-"""`python -m jaxllm.bench dedup [--pairs=3000] [--docs=1000000]`: near dedup against planted near-duplicates, and
-the dedup driver's memory at scale.
+"""`python -m jaxllm.bench dedup [--pairs=3000] [--docs=1000000] [--workers=2]`: near dedup against planted
+near-duplicates, and the dedup driver's memory at scale.
 
 Planted pairs: an original of random words and a copy with spans of it replaced by new words, as many spans as
 bring the pair's word-5-gram Jaccard (computed exactly) nearest to a target drawn evenly from [0.2, 1); every
@@ -7,8 +7,9 @@ document goes through the pipeline's own MinHash and dedup driver, and a pair co
 one cluster. Beside it, the rate at which LSH alone (any shared band, no verification) would have paired them,
 and the recall with a verification threshold of 0.8 instead of the default.
 Memory: the driver (dedup.DedupIndex) fed synthetic exact keys and signatures, 256 documents at a time as the
-pipeline does, with planted exact and near copies; measured by tracemalloc (every numpy array included) while
-documents stream in and while it decides, and by the process's resident memory.
+pipeline does, with planted exact and near copies, its band tasks on a local engine of `workers` processes;
+measured by tracemalloc (every numpy array included) while documents stream in and while it decides, and by the
+process's resident memory; then one band task in this process, its tracemalloc peak being a worker's share.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import tracemalloc
 import numpy as np
 
 from jaxllm.config.clean import DedupConfig
-from jaxllm.data.dedup import DedupIndex, MinHasher, band_rows, exact_key
+from jaxllm.data.dedup import PARTITION_DOCS, DedupIndex, MinHasher, band_partition, band_rows, exact_key
+from jaxllm.data.pipeline import local_engine
 
 VOCABULARY = 10_000  # distinct words of the planted texts: 5-grams almost never repeat within a text
 CHUNK = 256  # documents handed to the driver at a time, as pipeline.CHUNK_DOCS
@@ -149,14 +151,28 @@ def _sample_anonymous_peak(stop: threading.Event, peak: list[int]) -> None:
         peak[0] = max(peak[0], _memory_status().get("rss_anon", 0))
 
 
-def bench_memory(docs: int, cfg: DedupConfig, seed: int = 0) -> dict:
+def _task_peak(index: DedupIndex) -> int:
+    """tracemalloc's peak while one band task (band 0, partition 0) runs in this process over index's file."""
+    tracemalloc.start()
+    band_partition(index.signature_path, index.n, index.cfg, -(-index.n // PARTITION_DOCS), (0, 0))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak
+
+
+def bench_memory(docs: int, cfg: DedupConfig, workers: int = 2, seed: int = 0) -> dict:
+    with local_engine(workers) as engine:
+        return _bench_memory(docs, cfg, engine, seed)
+
+
+def _bench_memory(docs: int, cfg: DedupConfig, engine, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     before = _memory_status()
     stop, anonymous_peak = threading.Event(), [0]
     sampler = threading.Thread(target=_sample_anonymous_peak, args=(stop, anonymous_peak))
     sampler.start()
     tracemalloc.start()
-    index = DedupIndex(cfg)
+    index = DedupIndex(cfg, engine=engine)
     adding = 0.0  # the driver's time, without making the synthetic documents
     for _ in range(0, docs, CHUNK):
         chunk = _synthetic_chunk(rng, cfg)
@@ -173,6 +189,7 @@ def bench_memory(docs: int, cfg: DedupConfig, seed: int = 0) -> dict:
     stop.set()
     sampler.join()
     after = _memory_status() | {"rss_anon_peak": anonymous_peak[0]}
+    task_peak = _task_peak(index)
     index.close()
     n = index.n
     removed = int((verdicts.kept_as != np.arange(n)).sum())
@@ -182,6 +199,7 @@ def bench_memory(docs: int, cfg: DedupConfig, seed: int = 0) -> dict:
         "peak_bytes_per_doc": max(streaming_peak, deciding_peak) / n,
         "peak_bytes": max(streaming_peak, deciding_peak),
         "signature_file_bytes_per_doc": 4 * cfg.num_perm,
+        "band_task_peak_bytes_per_doc": task_peak / n,
         "rss_before": before,
         "rss_after": after,
         "seconds_streaming": adding,
@@ -194,12 +212,12 @@ def bench_memory(docs: int, cfg: DedupConfig, seed: int = 0) -> dict:
     }
 
 
-def bench_dedup(pairs: int, docs: int) -> dict:
+def bench_dedup(pairs: int, docs: int, workers: int = 2) -> dict:
     cfg = DedupConfig()
     return {
         "settings": {"bands": cfg.bands, "rows": cfg.rows, "ngram": cfg.ngram, "threshold": cfg.threshold},
         "planted": bench_planted(pairs, cfg),
-        "memory": bench_memory(docs, cfg),
+        "memory": bench_memory(docs, cfg, workers) | {"workers": workers},
     }
 
 
@@ -210,6 +228,11 @@ def _pct(x: float | None) -> str:
 def dedup_table(result: dict) -> str:
     s, p, m = result["settings"], result["planted"], result["memory"]
     mb = lambda status, key: f"{status.get(key, 0) / 2**20:,.0f}"  # noqa: E731
+    tasks = (  # results measured before the band tasks ran on workers have no such figures
+        f" (band tasks on {m['workers']} local workers, one task's peak {m['band_task_peak_bytes_per_doc']:.1f} B/doc)"
+        if "workers" in m
+        else ""
+    )
     lines = [
         f"{s['bands']} bands x {s['rows']} rows, word {s['ngram']}-grams, verified at estimated Jaccard >= "
         f"{s['threshold']}; {p['pairs']:,} planted pairs",
@@ -227,7 +250,7 @@ def dedup_table(result: dict) -> str:
         "",
         f"driver at {m['documents']:,} synthetic documents: {m['streaming_bytes_per_doc']:.1f} B/doc while they "
         f"stream in, peak {m['peak_bytes_per_doc']:.1f} B/doc ({m['peak_bytes'] / 2**20:,.0f} MiB, tracemalloc) "
-        f"while deciding, plus a {m['signature_file_bytes_per_doc']:.0f} B/doc signature file; resident "
+        f"while deciding{tasks}, plus a {m['signature_file_bytes_per_doc']:.0f} B/doc signature file; resident "
         f"{mb(m['rss_before'], 'rss')} -> {mb(m['rss_after'], 'rss')} MiB (anonymous "
         f"{mb(m['rss_before'], 'rss_anon')} -> {mb(m['rss_after'], 'rss_anon')}, its peak "
         f"{mb(m['rss_after'], 'rss_anon_peak')}; with the mapped signature file's pages, peak "

@@ -61,13 +61,14 @@ def _round_function(partitions: int) -> Callable[[tuple[np.ndarray, bool]], tupl
     return lambda chunk: star_round(chunk[0], partitions, chunk[1])
 
 
-def _in_process(chunks, make):
+def in_process(chunks, make):
+    """The engine that runs every chunk in this process (pipeline.Engine's signature)."""
     return map(make(), chunks)
 
 
 def star_components(n: int, lo: np.ndarray, hi: np.ndarray, on: Components) -> np.ndarray:
     """(n,) int64: the lowest index of each document's component, documents joined by the pairs (lo, hi)."""
-    engine, p = on.engine or _in_process, max(on.partitions, 1)
+    engine, p = on.engine or in_process, max(on.partitions, 1)
     lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
     rows = np.concatenate([np.stack([lo, hi], 1), np.stack([hi, lo], 1)])
     parts, large, before = [rows[rows[:, 0] % p == k] for k in range(p)], True, None

@@ -5,36 +5,54 @@ Exact: a hash of the normalised content; of each group of equal hashes the lowes
 Near, over the documents exact dedup kept: MinHash signatures of word n-grams -> LSH band rows -> candidate pairs
 (documents sharing a band's bucket) -> pairs verified by estimated Jaccard -> connected components; the lowest
 input index of each component is kept. A document is therefore merged only through a chain of verified pairs,
-and the choice of the kept one depends on input order alone, not on the number of workers or the order of bands.
+and the choice of the kept one depends on input order alone, not on the number of workers, partitions or the order
+of bands.
 
-The stages are pure functions over arrays, so a distributed engine can run them over shards: `band_rows` (a
-shard's signatures -> (bucket key, document) rows, to shuffle by key), `candidate_edges` (rows of whole key
-groups -> pairs), `verify_edges` (pairs + signatures -> which pairs hold), `join_components` (pairs -> the
-lowest index of each component, by union-find where the pairs fit one machine; past a bound,
-components.star_components runs rounds on the engine, which end at the same labels). `DedupIndex` is the driver: it
-runs them one band at a time.
+The stages are pure functions over arrays: `band_rows` (signatures -> (bucket key, document) rows), `candidate_edges`
+(rows of whole key groups -> pairs), `verify_edges` (pairs + signatures -> which pairs hold), `join_components`
+(pairs -> the lowest index of each component, by union-find where the pairs fit the driver; past a bound,
+components.star_components runs rounds on the engine, which end at the same labels). Banding is a shuffle by
+(band, bucket) on the engine (pipeline.Engine: the local process pool or Ray actors): `band_partition` is one task,
+a band and a partition p of P, which computes that band's key for every document, keeps the keys whose value
+% P == p (so each bucket lies whole in one task), takes their candidate pairs and verifies them; only the verified
+pairs and a count come back. A pair shares at most one bucket per band, so the tasks of a band find each of its
+pairs once, and the pairs, the counts and therefore the clusters are those of one process running the bands in
+turn. `DedupIndex` is the driver: it collects the keys and signatures, decides exact dedup, maps the band tasks
+and joins the distinct verified pairs.
 
-Driver memory per document: 16 B (exact key) + 1 B (has a signature) while documents stream in, and at most
-about 66 B while deciding (the sort of the keys, the result arrays, one band's keys and their sort), plus 16 B
-per distinct verified pair, measured at 1M documents by `python -m jaxllm.bench dedup`; blocks of a few MB come
-on top. Signatures (4 B x num_perm,
-448 B by default) go to a temporary file that the driver maps and pages through: they need disk, not memory.
+What crosses the process boundary: a task is (band, p) plus the signature file's path, the number of documents
+and the settings; a result is its verified pairs (16 B each) and its count of candidates. Signatures (4 B x
+num_perm, 448 B by default) are appended to a named temporary file in spill_dir as documents stream in, then the
+indices of the documents near dedup considers (8 B each); every task maps that file and reads the rows it needs,
+so workers must see the driver's spill_dir: true of the local engine and of a Ray cluster on this machine; a Ray
+cluster of several machines needs spill_dir (the work directory under data.cache_dir, or the temporary directory
+when that is on object storage) on a filesystem every machine mounts at the same path.
+The file is deleted on close; a crash leaves it in the work directory, which a finished preparation removes.
+
+Driver memory per document: 16 B (exact key) + 1 B (has a signature) while documents stream in (18.7 B measured),
+and at most about 58 B while deciding (the sort of the exact keys, the result arrays, the considered indices),
+plus 16-32 B per distinct verified pair, measured at 1M documents by `python -m jaxllm.bench dedup` with the band
+tasks on two local workers; blocks of a few MB come on top. A band task's peak is about 55 B per considered
+document of its band when P = 1 (the keys and documents of its partition, their sort and the candidate
+pairs): P = ceil(considered documents / PARTITION_DOCS) keeps it near 110 MB a task whatever the corpus size.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import re
 import tempfile
 import zlib
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from jaxllm.config import ConfigError
 from jaxllm.config.clean import DedupConfig
-from jaxllm.data.components import Components, star_components
+from jaxllm.data.components import Components, in_process, star_components
 
 SHINGLE_WORD_RE = re.compile(r"\w+")
 # odd 64-bit constant (golden ratio) that combines word hashes into n-gram hashes and seeds each band's key
@@ -46,6 +64,11 @@ _ROWS_BLOCK = 1 << 13  # signature rows read or pairs compared at a time: bounds
 # member and with the member before it, so their cost stays linear: there a pair neither of which resembles
 # those two can be missed (recall, never precision, is what the cap trades).
 ALL_PAIRS_MAX = 32
+# Considered documents per partition of a band: P = ceil(documents / PARTITION_DOCS) bounds a band task's keys
+PARTITION_DOCS = 1 << 21
+# Below this many considered documents the band tasks run in the driver's process: their work is then less than
+# starting an engine's workers (seconds), and the pairs are the same wherever they run
+ENGINE_MIN_DOCS = 1 << 16
 EXAMPLE_MEMBERS = 5  # member ids listed per example cluster in the report
 
 
@@ -140,8 +163,9 @@ def candidate_edges(keys: np.ndarray, docs: np.ndarray, all_pairs_max: int = ALL
     sizes = np.diff(np.r_[first, len(keys)])
     small = np.repeat(sizes <= all_pairs_max, sizes)
     lo, hi = [], []
-    # rows d apart in sorted order with equal keys: d = 1 chains every group, larger d pairs up small ones
-    for d in range(1, int(sizes[sizes <= all_pairs_max].max(initial=1))):
+    # rows d apart in sorted order with equal keys: d = 1 chains every group (big ones too, even with no small one
+    # beside them, as in a partition of a band), larger d pairs up small ones
+    for d in range(1, int(sizes[sizes <= all_pairs_max].max(initial=2))):
         at = np.flatnonzero((keys[:-d] == keys[d:]) & (small[:-d] | (d == 1)))
         lo.append(docs[at])
         hi.append(docs[at + d])
@@ -166,6 +190,46 @@ def verify_edges(lo: np.ndarray, hi: np.ndarray, signatures: np.ndarray, thresho
         b = signatures[hi[start : start + _ROWS_BLOCK]]
         ok[start : start + _ROWS_BLOCK] = (a == b).sum(axis=1) >= need
     return ok
+
+
+def band_partition(path: str, n: int, cfg: DedupConfig, partitions: int, task: tuple[int, int]) -> tuple:
+    """One band task over the signature file at `path` (n signatures, then the considered documents' indices):
+    task (band, p) keeps the band's keys whose value % partitions == p, so every bucket it holds is whole, and
+    returns (its verified pairs as (k, 2) int64 (lo, hi) rows, its number of candidate pairs)."""
+    band, p = task
+    signatures = np.memmap(path, np.uint32, "r", shape=(n, cfg.num_perm))
+    index = np.memmap(path, "<i8", "r", offset=signatures.nbytes)
+    keys, docs = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)]
+    for start in range(0, len(index), _ROWS_BLOCK):
+        block = np.asarray(index[start : start + _ROWS_BLOCK], np.int64)
+        block_keys = band_rows(signatures[block], block, cfg, (band,))[0]
+        mine = block_keys % np.uint64(partitions) == p
+        keys.append(block_keys[mine])
+        docs.append(block[mine])
+    lo, hi = candidate_edges(np.concatenate(keys), np.concatenate(docs))
+    del keys, docs
+    ok = verify_edges(lo, hi, signatures, cfg.threshold)
+    return np.stack([lo[ok], hi[ok]], 1), len(lo)
+
+
+def band_tasks(path: str, n: int, cfg: DedupConfig, partitions: int) -> Callable[[tuple[int, int]], tuple]:
+    """An engine's make for band_partition over one signature file: picklable, built once per worker."""
+    return functools.partial(band_partition, path, n, cfg, partitions)
+
+
+def verified_pairs(path: str, n: int, cfg: DedupConfig, partitions: int, engine) -> tuple[np.ndarray, int, int]:
+    """The distinct verified pairs (sorted (k, 2) int64 rows) of the signature file at `path`, its band tasks
+    mapped on `engine`; and the candidate and verified pairs counted band by band (a pair counts in each band it
+    shares). Results are unioned as they come, whenever the waiting ones outnumber those already distinct, so
+    the driver holds at most about twice the distinct pairs."""
+    tasks = [(band, p) for band in range(cfg.bands) for p in range(partitions)]
+    verified, waiting, candidates, found = np.zeros((0, 2), np.int64), [], 0, 0
+    for pairs, count in engine(tasks, functools.partial(band_tasks, path, n, cfg, partitions)):
+        candidates, found = candidates + count, found + len(pairs)
+        waiting.append(pairs)
+        if sum(map(len, waiting)) > len(verified):
+            verified, waiting = np.unique(np.concatenate([verified, *waiting]), axis=0), []
+    return np.unique(np.concatenate([verified, *waiting]), axis=0), candidates, found
 
 
 def join_components(parent: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -236,17 +300,21 @@ class Verdicts:
 
 
 class DedupIndex:
-    """The local engine's driver: collects each document's exact key and signature as they stream in (keys in
-    memory, signatures appended to a temporary file in spill_dir), then `verdicts()` runs the stages."""
+    """The dedup driver: collects each document's exact key and signature as they stream in (keys in memory,
+    signatures appended to a named temporary file in spill_dir, which the band tasks map), then `verdicts()`
+    decides, the band tasks on `engine` (a pipeline.Engine; None, or fewer than ENGINE_MIN_DOCS documents to
+    band: this process)."""
 
-    def __init__(self, cfg: DedupConfig, spill_dir=None, components: Components = Components()):
+    def __init__(self, cfg: DedupConfig, spill_dir=None, components: Components = Components(), engine=None):
         check_config(cfg)
         self.cfg = cfg
         self.components = components
+        self.engine: Callable[..., Iterator[Any]] = engine or in_process
         self.n = 0
         self._keys: list[np.ndarray] = []
         self._has_signature: list[np.ndarray] = []
-        self._signatures = tempfile.TemporaryFile(prefix="dedup-signatures-", dir=spill_dir)
+        self._signatures = tempfile.NamedTemporaryFile(prefix="dedup-signatures-", dir=spill_dir)
+        self.signature_path = self._signatures.name  # where the band tasks map it
 
     def close(self) -> None:
         self._signatures.close()
@@ -271,27 +339,20 @@ class DedupIndex:
         self._has_signature = []
         parent, counts = np.arange(n), {"candidate_pairs": 0, "verified_pairs": 0}
         if self.cfg.near and considered.any():
-            self._signatures.flush()
-            signatures = np.memmap(self._signatures, np.uint32, "r", shape=(n, self.cfg.num_perm))
-            parent = self._near(signatures, np.flatnonzero(considered), parent, counts)
+            parent = self._near(np.flatnonzero(considered), parent, counts)
         return Verdicts(np.where(exact, kept_as, parent), exact, cluster_stats(parent, considered, examples) | counts)
 
-    def _near(self, signatures: np.ndarray, index: np.ndarray, parent: np.ndarray, counts: dict) -> np.ndarray:
-        """Components of verified pairs: candidates one band at a time (the local form of a shuffle by (band,
-        bucket)), the distinct verified pairs joined by union-find or, past components.union_find_max_pairs, by
+    def _near(self, index: np.ndarray, parent: np.ndarray, counts: dict) -> np.ndarray:
+        """Components of verified pairs: the band tasks on the engine (index appended to the signature file for
+        them), the distinct verified pairs joined by union-find or, past components.union_find_max_pairs, by
         star rounds on the components' engine."""
-        verified = np.zeros((0, 2), np.int64)
-        for band in range(self.cfg.bands):
-            keys = np.empty(len(index), np.uint64)
-            for s in range(0, len(index), _ROWS_BLOCK):
-                block = index[s : s + _ROWS_BLOCK]
-                keys[s : s + _ROWS_BLOCK] = band_rows(signatures[block], block, self.cfg, (band,))[0]
-            lo, hi = candidate_edges(keys, index)
-            del keys
-            ok = verify_edges(lo, hi, signatures, self.cfg.threshold)
-            counts["candidate_pairs"] += len(lo)
-            counts["verified_pairs"] += int(ok.sum())
-            verified = np.unique(np.concatenate([verified, np.stack([lo[ok], hi[ok]], 1)]), axis=0)
+        self._signatures.write(memoryview(index.astype("<i8", copy=False)).cast("B"))
+        self._signatures.flush()
+        partitions = -(-len(index) // PARTITION_DOCS)
+        engine = self.engine if len(index) >= ENGINE_MIN_DOCS else in_process
+        verified, counts["candidate_pairs"], counts["verified_pairs"] = verified_pairs(
+            self.signature_path, self.n, self.cfg, partitions, engine
+        )
         bound = self.components.union_find_max_pairs
         if bound is None or len(verified) <= bound:
             return join_components(parent, verified[:, 0], verified[:, 1])

@@ -6,12 +6,13 @@ preparation, the Ray one (engine_ray.py) actors of a Ray cluster. The engine is 
 worker packs its chunk's results (its report, exact keys, MinHash signatures and cleaned documents) as a unit of
 the work directory (units.Units), which the parent, taking them in input order, publishes, so a rerun after a crash
 cleans only the chunks not yet published.
-Once the corpus is through, the dedup driver (dedup.DedupIndex: 17 bytes of memory per document, at most about 66
+Once the corpus is through, the dedup driver (dedup.DedupIndex: 17 bytes of memory per document, at most about 58
 while deciding) reads the keys and signatures back and decides which document of each group to keep (the lowest
-input index); the decision is published too, and the second pass reads the chunks back in order and yields the
-kept documents. Memory stays bounded whatever the corpus size, and the output and the report depend on the input
-order alone, not on the engine, its number of workers or where a crash interrupted an earlier run. Local workers
-are spawned, not forked: the caller may already have started JAX, whose threads do not survive a fork.
+input index), its LSH band tasks mapped on the same engine; the decision is published too, and the second pass
+reads the chunks back in order and yields the kept documents. Memory stays bounded whatever the corpus size, and
+the output and the report depend on the input order alone, not on the engine, its number of workers or where a
+crash interrupted an earlier run. Local workers are spawned, not forked: the caller may already have started JAX,
+whose threads do not survive a fork.
 """
 
 from __future__ import annotations
@@ -139,13 +140,6 @@ def local_engine(workers: int) -> Iterator[Engine]:
         pool.close()
 
 
-def map_locally(chunks: Iterable[Any], make: Callable[[], Callable[[Any], Any]], workers: int) -> Iterator[Any]:
-    """One map on a local engine of its own (LocalPool): its workers end with the map, or when the consumer drops
-    this generator or an error ends it."""
-    with local_engine(workers) as engine:
-        yield from engine(chunks, make)
-
-
 def chunk_cleaner(cfg: CleanConfig) -> Callable[[list[Document]], CleanedChunk]:
     return Cleaner(cfg).clean_chunk
 
@@ -180,11 +174,14 @@ def _clean_chunks(
     return map_units(units, "chunk", chunks, engine, make, _chunk_objects, say_progress)
 
 
-def _decide(units: Units, chunks: int, cfg: CleanConfig, report: Report, components: Components) -> Verdicts:
-    """Merges the chunks' reports into report and returns dedup's decision over the whole corpus, published as the
-    unit 'dedup' (a rerun that finds it reads it back). The signatures' temporary file goes to the work directory."""
+def _decide(
+    units: Units, chunks: int, cfg: CleanConfig, report: Report, engine: Engine, components: Components
+) -> Verdicts:
+    """Merges the chunks' reports into report and returns dedup's decision over the whole corpus, its band tasks
+    on the engine, published as the unit 'dedup' (a rerun that finds it reads it back). The signatures' temporary
+    file goes to the work directory, where the engine's workers read it."""
     decided = units.done("dedup")
-    index = None if decided else DedupIndex(cfg.dedup, units.directory, components)
+    index = None if decided else DedupIndex(cfg.dedup, units.directory, components, engine)
     try:
         for i in range(chunks):
             chunk_report, keys, signatures = next(units.load(unit_name("chunk", i)))
@@ -250,13 +247,14 @@ def iter_clean(
     """Cleaned, deduplicated documents in input order, once the whole input is cleaned (the first pass runs at
     the first `next`); `report` is complete once the iterator is exhausted. Each cleaned chunk and dedup's decision
     are published in work_dir (units.Units), so a rerun over the same input and work_dir after a crash cleans only
-    the chunks not yet published; None: a temporary directory, gone on return. engine None is the local one with
-    `workers` processes; another engine says how many workers it has. `components` says where dedup's clusters
-    are formed."""
+    the chunks not yet published; None: a temporary directory, gone on return. engine None is a local one with
+    `workers` processes, for cleaning and dedup's band tasks, ended on return; another engine says how many
+    workers it has. `components` says where dedup's clusters are formed."""
     report.workers = max(workers, 1)
-    engine = engine or functools.partial(map_locally, workers=workers)
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
+        if engine is None:
+            engine = stack.enter_context(local_engine(workers))
         if work_dir is None:
             work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cleaned-"))
         units = Units(work_dir)
@@ -264,7 +262,7 @@ def iter_clean(
         if progress:
             done_before = f" ({resumed} of {chunks} chunks cleaned by an earlier run)" if resumed else ""
             print(f"[data] dedup over {chunks:,} cleaned chunks{done_before}", file=sys.stderr, flush=True)
-        verdicts = _decide(units, chunks, cfg, report, components)
+        verdicts = _decide(units, chunks, cfg, report, engine, components)
         yield from _dedup_pass(_cleaned(units, chunks), verdicts, report)
     report.seconds = time.perf_counter() - start
 
