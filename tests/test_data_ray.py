@@ -30,6 +30,7 @@ from jaxllm.data.prepare import cache_key, load_prepared, prepare
 from tests.conftest import tiny_config
 from tests.prepared_files import contents
 from tests.test_data_dedup import planted_signatures
+from tests.test_data_pipeline import _make_kill_self_at_third
 from tests.test_prepare_resume import prepare_in_child
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -141,3 +142,20 @@ def test_missing_ray_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatc
     assert status == 2 and out == ""
     assert err == "error: data.engine=ray needs Ray, which is not installed: pip install -e '.[ray]'\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_actor_ends_the_preparation_with_one_line(ray_cluster, capsys):
+    """An actor killed by SIGKILL (as the out-of-memory killer does) ends the map with one line and exit status 1,
+    not Ray's traceback; the next map gets new actors."""
+
+    def command(argv):
+        return len(list(map_on_ray(range(8), _make_kill_self_at_third, workers=2)))
+
+    assert run_main(command, []) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        "error: data preparation stopped: an actor of the Ray engine died (killed, out of memory, or its node lost: "
+        "fewer --data.workers use less); rerun the same command to resume from the chunks already finished"
+    )
+    assert list(map_on_ray(range(3), _make_kill_self_at_third, workers=2)) == [0, 1, 2]  # new actors serve it

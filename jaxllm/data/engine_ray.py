@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 import ray
 from ray import cloudpickle
 
+from jaxllm.cli import Stopped
 from jaxllm.data.pipeline import IN_FLIGHT
 
 
@@ -84,6 +85,12 @@ def map_on_ray(chunks: Iterable[Any], make: Callable[[], Callable[[Any], Any]], 
         while pending:
             yield ray.get(pending.popleft())
         finished = True
+    except ray.exceptions.RayActorError:  # its process killed (the out-of-memory killer, a person) or its node lost
+        raise Stopped(
+            "error: data preparation stopped: an actor of the Ray engine died (killed, out of memory, or its node "
+            "lost: fewer --data.workers use less); rerun the same command to resume from the chunks already finished",
+            1,
+        ) from None
     finally:
         if not finished:  # calls may still be queued on the actors: none may reach the next call
             _release_actors()
