@@ -90,6 +90,11 @@ BAD_INPUTS = [
     (data.main, ['--data.sources=["nothing:here"]'], "unknown data source 'nothing:here'"),
     (train.main, ['--data.sources=["jsonl:x.jsonl"]'], "expected jsonl:GLOB:FIELD"),
     (data.main, ['--data.sources=["warc:crawl/*.warc.gz"]'], "data source warc:crawl/*.warc.gz: no file matches"),
+    (
+        data.main,
+        ["--experiment=fineweb_edu"],  # its Parquet files not downloaded (the experiment's docstring says how)
+        "data source parquet:data/fineweb-edu/sample/10BT/*.parquet: no file matches",
+    ),
     (data.main, ['--data.sources=["site-packages:lots"]'], "'lots' is not a size in megabytes"),
     (data.main, ["--data.engine=spark"], "data.engine='spark': use local or ray"),
     (data.main, ["--data.ray_address=auto"], "data.ray_address='auto' is for --data.engine=ray"),

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jaxllm.config import ConfigError
+from jaxllm.config import ConfigError, load_experiment
 from jaxllm.data.sources import SourceStats, iter_documents, stdlib_documents, stdlib_prose_documents
 from jaxllm.data.tfds_builder import build_text_folder
 
@@ -122,3 +122,17 @@ def test_errors_name_the_source(tmp_path):
     (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip")
     with pytest.raises(ConfigError, match="every input failed"):
         read([f"jsonl:{tmp_path}/bad.jsonl.gz:text"])
+
+
+def test_fineweb_edu_reads_the_datasets_own_layout(tmp_path, monkeypatch):
+    """experiments/fineweb_edu.py reads the Parquet files where `huggingface-cli download` puts them, from the
+    directory the command runs in; its other columns (id, url, score, ...) are left out."""
+    monkeypatch.chdir(tmp_path)
+    shards = tmp_path / "data" / "fineweb-edu" / "sample" / "10BT"
+    shards.mkdir(parents=True)
+    for name, texts in (("001_00000.parquet", ["third page"]), ("000_00000.parquet", ["first page", "second page"])):
+        columns = {"text": texts, "id": [f"<urn:{t}>" for t in texts], "url": ["https://example.org"] * len(texts)}
+        pq.write_table(pa.table(columns | {"score": [3.1] * len(texts)}), shards / name)
+    docs, _ = read(load_experiment("fineweb_edu").data.sources)
+    assert [text for _, text, _ in docs] == ["first page", "second page", "third page"]
+    assert {kind for _, _, kind in docs} == {"prose"}

@@ -430,7 +430,7 @@ def check_sources(sources: tuple[str, ...]) -> None:
         if source in ("stdlib", "stdlib-prose") or (kind in ("file", "dir", "tfds") and arg):
             continue
         if kind in ("jsonl", "parquet") and arg:
-            _two_parts(kind, arg, "FIELD" if kind == "jsonl" else "COLUMN")
+            _glob(kind, _two_parts(kind, arg, "FIELD" if kind == "jsonl" else "COLUMN")[0])
             continue
         if kind == "site-packages":
             _megabytes(source, arg)
