@@ -7,11 +7,10 @@ streams chunks round-robin to `workers` actors (one CPU each, the function built
 pipeline.IN_FLIGHT chunks per actor in flight, so memory stays bounded whatever the corpus size. The actors of a
 call stay for the next calls whatever their function (cleaning, dedup's band tasks, the rounds of
 components.star_components, the two splits' tokenising): each call puts its pickled function in the object store
-once and an actor rebuilds only when a call brings another, since starting actors costs seconds; they go when a
-call fails or the cluster is left. Dedup's band tasks map the driver's signature file (dedup.py): a cluster of
-several machines needs its folder mounted at the same path on each. Not a
-Ray Data dataset: that would need the whole input materialised in the driver or the sources rewritten as
-datasources; ray[data] is pinned for that next step.
+once and an actor rebuilds only when a call brings another, since starting actors costs seconds; they go when a call
+fails or the cluster is left. Dedup's band tasks map the driver's signature file (dedup.py): a cluster of several
+machines needs its folder mounted at the same path on each. Not a Ray Data dataset: that would need the whole input
+materialised in the driver or the sources rewritten as datasources; ray[data] is pinned for that next step.
 """
 
 from __future__ import annotations

@@ -294,8 +294,8 @@ def _build_on(cfg: Config, work: pathlib.Path, out: pathlib.Path, progress: bool
     t2 = time.perf_counter()
     _say(progress, f"tokenizer ({cfg.data.tokenizer}, {tokenizer.vocab_size} tokens) ready in {t2 - t1:.1f}s")
     splits = {}
-    # The report is drawn while the splits are tokenised, when the driver mostly waits on the engine's workers
-    # (before, training the tokenizer would share the interpreter with it and wait longer).
+    # The report is drawn while the splits are tokenised, when the driver mostly waits on the engine's workers, not
+    # beside tokenizer training, which holds the interpreter lock and would only be slowed by it.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="report") as drawer:
         report_written = drawer.submit(report.write, out)
         for name, docs in (("train", train), ("val", val)):
