@@ -81,6 +81,7 @@ def test_evaluate_lineage_end_to_end(tiny_lineage, capsys):
     dpo = results["runs"][str(root / "dpo")]
     assert 0 <= dpo["dpo_heldout"]["reward_acc"] <= 1 and dpo["mc_items"] == 20 and dpo["mc_chance"] == 0.5
     assert "pass@1 count" in out and "McNemar" in out and len(dpo["tasks"]["count"]["correct"]) == 16
+    assert "maj@8 all (sampled)" in out and 0 <= dpo["tasks_sampled"]["count"]["majority"] <= 1
     assert (root / "dpo" / "evaluation.png").stat().st_size > 1000
 
 

@@ -146,19 +146,19 @@ def test_pass_at_k_is_the_share_of_k_subsets_with_a_right_reply():
         assert verifiable.pass_at_k(n, c, k) == pytest.approx(sum(map(any, subsets)) / len(subsets), abs=1e-12)
 
 
-def test_sampled_pass_counts_each_problems_right_samples():
+def test_sampled_pass_counts_each_problems_right_samples_and_their_majority():
     problems = {"add": verifiable.heldout_problems(0.15, per_task=4)["add"]}
     answers = {p.prompt: p.answer for p in problems["add"]}
     calls = []
 
-    def sample(prompts):  # problem i is right in i of its SAMPLES replies
+    def sample(prompts):  # problem i is right in its first i replies; its wrong ones agree when i is even
         calls.append(len(prompts))
         seen: dict[str, int] = {}
         out = []
         for q in prompts:
             i = [p.prompt for p in problems["add"]].index(q)
             seen[q] = seen.get(q, 0) + 1
-            out.append(answers[q] if seen[q] <= i else "no")
+            out.append(answers[q] if seen[q] <= i else "-1" if i % 2 == 0 else f"-{seen[q]}")
         return out
 
     result = verifiable.sampled_pass(problems, sample, k=2)
@@ -167,3 +167,15 @@ def test_sampled_pass_counts_each_problems_right_samples():
     assert result["add"]["pass@k"] == pytest.approx(np.mean(expected)) and result["add"]["k"] == 2
     low, high = result["all"]["interval_95"]
     assert min(expected) <= low <= np.mean(expected) <= high <= max(expected)
+    # i = 0 and 2: '-1' outvotes; i = 1: one vote each, the right answer came first; i = 3: 3 against 1 each
+    assert result["add"]["majority"] == result["all"]["majority"] == 0.5
+    assert result["all"]["majority_interval_95"] == pytest.approx(verifiable.wilson(2, 4))
+
+
+def test_majority_reply_groups_answers_as_the_checker_reads_them():
+    numeric = tasks.Problem("add", "2 + 10 =", "12", "numeric")
+    assert verifiable.majority_reply(numeric, ["13", "= 12", "12.0 apples", "13.0", "twelve", "12"]) == "= 12"
+    assert verifiable.majority_reply(numeric, ["none", "13", "nothing"]) == "none"  # two replies without a number agree
+    exact = tasks.Problem("reverse", "reverse a b", "b a")
+    assert verifiable.majority_reply(exact, ["a b", " b a\nmore", "b a ", "a b\n"]) == "a b"  # a tie: first seen
+    assert verifiable.majority_reply(exact, ["a b", " b a\nmore", "b a "]) == " b a\nmore"

@@ -7,8 +7,8 @@ evaluates only the runs named), one column per run:
   - multiple choice: each choice scored by the log-likelihood of its tokens after the chat-template prompt, total
     and per byte of the choice (length-normalised); JSONL {"question", "choices", "answer"} from --choices, or
     the held-out verifiable task problems (the answer among three wrong ones, jaxllm.posttrain.tasks.records);
-  - verifiable tasks: greedy pass@1 and sampled pass@k per embedded task on held-out problems, with 95%
-    intervals (jaxllm.eval.verifiable);
+  - verifiable tasks: greedy pass@1, sampled pass@k and the majority vote of the samples per embedded task on
+    held-out problems, with 95% intervals (jaxllm.eval.verifiable);
   - DPO runs: held-out reward accuracy (and loss, margin) against their reference, the run they started from;
   - greedy replies to a fixed prompt set (a held-out problem of each of the first tasks).
 Prints one table and writes it all as JSON (--out, default <last run_dir>/evaluation.json).
@@ -253,6 +253,18 @@ def format_table(results: dict) -> str:
                 ],
             )
         )
+    if task_names:
+        rows.append(
+            (
+                f"maj@{verifiable.SAMPLES} all (sampled)",
+                [
+                    "{:.2f} [{:.2f}, {:.2f}]".format(s["all"]["majority"], *s["all"]["majority_interval_95"])
+                    if (s := r.get("tasks_sampled"))
+                    else "-"
+                    for r in results["runs"].values()
+                ],
+            )
+        )
     width = max(width, *(len(v) + 2 for _, values in rows for v in values))
     lines = [f"{label:<32}" + "".join(f"{v:>{width}}" for v in values) for label, values in rows]
     lines.append(
@@ -265,7 +277,9 @@ def format_table(results: dict) -> str:
         lines.append(
             f"pass@1: greedy, on held-out task problems, with Wilson 95% intervals; * differs from the stage before "
             f"it (McNemar's exact test, p < {verifiable.SIGNIFICANCE}); pass@{verifiable.K}: unbiased estimate from "
-            f"{verifiable.SAMPLES} replies a problem at temperature 1, percentile-bootstrap 95% intervals"
+            f"{verifiable.SAMPLES} replies a problem at temperature 1, percentile-bootstrap 95% intervals; "
+            f"maj@{verifiable.SAMPLES}: the answer most of those replies give (per task in the JSON), Wilson "
+            "intervals; no higher than pass@1, it leaves DPO and GRPO little to sharpen"
         )
     scored = {n: r for n, r in results["runs"].items() if "samples" in r}
     if scored:

@@ -6,11 +6,15 @@ own checker. pass@1 is greedy; its interval is Wilson's score interval, which st
 beats the other is McNemar's exact test on the problems only one of them got right (`mcnemar_p`). pass@k samples
 SAMPLES replies a problem at temperature 1 (the model's own distribution, the one reinforcement learning samples)
 and takes the unbiased estimator of Chen et al. 2021 (`pass_at_k`); its interval is a percentile bootstrap over
-the problems.
+the problems. The same samples give the majority vote (maj@SAMPLES, self-consistency): the answer most of a
+problem's replies give, scored by its checker. It bounds what sharpening the model's own distribution can gain,
+which is what DPO on its own mistakes and GRPO mostly do: where maj@SAMPLES is no higher than greedy pass@1, the
+right answers among the samples are a minority the model cannot tell apart from its wrong ones.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Callable
 
@@ -92,26 +96,38 @@ def bootstrap_interval(values: list[float], seed: int = 0) -> tuple[float, float
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def majority_reply(problem: tasks.Problem, replies: list[str]) -> str:
+    """The first of the replies giving the answer most of them give (tasks.answer_key); ties go to the answer
+    sampled first."""
+    keys = [tasks.answer_key(problem, r) for r in replies]
+    winner = collections.Counter(keys).most_common(1)[0][0]  # equal counts keep the order first seen
+    return replies[keys.index(winner)]
+
+
+def _sampled_figures(counts: list[int], votes: list[bool], k: int) -> dict:
+    values = [pass_at_k(SAMPLES, c, k) for c in counts]
+    return {
+        "pass@k": float(np.mean(values)),
+        "k": k,
+        "interval_95": list(bootstrap_interval(values)),
+        "n": len(values),
+        "majority": sum(votes) / len(votes),
+        "majority_interval_95": list(wilson(sum(votes), len(votes))),
+    }
+
+
 def sampled_pass(
     problems: dict[str, list[tasks.Problem]], sample: Callable[[list[str]], list[str]], k: int = K
 ) -> dict:
-    """{task: {'pass@k', 'k', 'interval_95', 'n'}} plus 'all'; sample(prompts) -> one sampled reply a prompt, each
-    row drawn on its own (it is given every prompt SAMPLES times)."""
-    right: dict[str, list[int]] = {}
+    """{task: {'pass@k', 'k', 'interval_95', 'n', 'majority', 'majority_interval_95'}} plus 'all'; sample(prompts)
+    -> one sampled reply a prompt, each row drawn on its own (it is given every prompt SAMPLES times)."""
+    out, every_count, every_vote = {}, [], []
     for name, group in problems.items():
-        prompts = [p.prompt for p in group]
-        counts = np.zeros(len(group), np.int64)
-        replies = sample(prompts * SAMPLES)
-        for i, reply in enumerate(replies):
-            counts[i % len(group)] += tasks.is_correct(group[i % len(group)], reply)
-        right[name] = counts.tolist()
-    out = {}
-    for name, counts in [*right.items(), ("all", [c for counts in right.values() for c in counts])]:
-        values = [pass_at_k(SAMPLES, c, k) for c in counts]
-        out[name] = {
-            "pass@k": float(np.mean(values)),
-            "k": k,
-            "interval_95": list(bootstrap_interval(values)),
-            "n": len(values),
-        }
+        replies = sample([p.prompt for p in group] * SAMPLES)
+        own = [replies[i :: len(group)] for i in range(len(group))]  # problem i's SAMPLES replies
+        counts = [sum(tasks.is_correct(p, r) for r in rs) for p, rs in zip(group, own)]
+        votes = [bool(tasks.is_correct(p, majority_reply(p, rs))) for p, rs in zip(group, own)]
+        out[name] = _sampled_figures(counts, votes, k)
+        every_count, every_vote = every_count + counts, every_vote + votes
+    out["all"] = _sampled_figures(every_count, every_vote, k)
     return out

@@ -86,6 +86,15 @@ def is_correct(problem: Problem, reply: str) -> bool:
     return bool(resolve_checker(problem.checker)(reply, problem.answer))
 
 
+def answer_key(problem: Problem, reply: str) -> str | float | None:
+    """What two replies share when they give the same answer, as the problem's checker reads them: the first
+    number's value for 'numeric' (None without one), else the first line, stripped (a user's checker included)."""
+    if problem.checker == "numeric":
+        found = NUMBER.search(reply)
+        return float(found.group()) if found else None
+    return _first_line(reply)
+
+
 def _word(rng: random.Random, low: int = 4, high: int = 7) -> str:
     return "".join(rng.choice(string.ascii_lowercase[:12]) for _ in range(rng.randint(low, high)))
 
