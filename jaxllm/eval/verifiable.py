@@ -7,9 +7,10 @@ beats the other is McNemar's exact test on the problems only one of them got rig
 SAMPLES replies a problem at temperature 1 (the model's own distribution, the one reinforcement learning samples)
 and takes the unbiased estimator of Chen et al. 2021 (`pass_at_k`); its interval is a percentile bootstrap over
 the problems. The same samples give the majority vote (maj@SAMPLES, self-consistency): the answer most of a
-problem's replies give, scored by its checker. It bounds what sharpening the model's own distribution can gain,
-which is what DPO on its own mistakes and GRPO mostly do: where maj@SAMPLES is no higher than greedy pass@1, the
-right answers among the samples are a minority the model cannot tell apart from its wrong ones.
+problem's replies give, scored by its checker: what sharpening the model's distribution to its most frequent
+answer would score. DPO on the model's own mistakes and GRPO mostly sharpen, so where maj@SAMPLES is no higher than
+greedy pass@1 they have little to gain: the right answers among the samples are a minority the model cannot yet
+tell from its wrong ones.
 """
 
 from __future__ import annotations
