@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -19,7 +20,8 @@ class Stopped(Exception):
 
 
 def run_main(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
-    """Calls main(argv); a ConfigError prints `error: <message>` and returns 2, Stopped its status, Ctrl-C 130."""
+    """Calls main(argv); a ConfigError prints `error: <message>` and returns 2, Stopped its status, Ctrl-C 130, and
+    a reader that left (`| head`) 141 quietly, as the shell reports a command SIGPIPE ended."""
     try:
         return main(sys.argv[1:] if argv is None else argv)
     except ConfigError as e:
@@ -31,6 +33,10 @@ def run_main(main: Callable[[list[str]], int], argv: list[str] | None = None) ->
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout's last buffered bytes would fail again when Python flushes it at exit, with a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -155,3 +155,17 @@ def test_commands_exit_2_without_a_traceback(argv, message, tmp_path):
     assert proc.returncode == 2 and proc.stdout == "", proc
     assert proc.stderr.count("\n") == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reader_that_leaves_ends_a_command_quietly():
+    script = "import sys; from jaxllm.cli import run_main; sys.exit(run_main(lambda argv: print('line\\n' * 10**6)))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.stdout.readline() == b"line\n"
+    proc.stdout.close()  # as `| head -1` does
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == b""
