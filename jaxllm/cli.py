@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import sys
 from typing import Callable
 
@@ -34,9 +35,21 @@ def run_main(main: Callable[[list[str]], int], argv: list[str] | None = None) ->
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        if not _reader_left():
+            raise  # a pipe to a worker or a socket broke: a fault to show, not the end of the output
         # stdout's last buffered bytes would fail again when Python flushes it at exit, with a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _reader_left() -> bool:
+    """Whether stdout is a pipe whose reader closed it (poll flags such a pipe's write end with an error)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file
+        return False
 
 
 class ArgumentParser(argparse.ArgumentParser):

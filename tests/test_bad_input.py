@@ -169,3 +169,11 @@ def test_a_reader_that_leaves_ends_a_command_quietly():
     proc.stdout.close()  # as `| head -1` does
     assert proc.wait(timeout=60) == 141
     assert proc.stderr.read() == b""
+
+
+def test_a_broken_pipe_elsewhere_is_not_taken_for_the_reader_leaving():
+    def main(argv):
+        raise BrokenPipeError("a worker's pipe")
+
+    with pytest.raises(BrokenPipeError, match="a worker's pipe"):
+        run_main(main, [])
