@@ -33,10 +33,9 @@ from jaxllm.config.schema import (
     PosttrainConfig,
     TrainConfig,
 )
-from jaxllm.config.validation import DURATION_UNITS, parse_duration, validate
+from jaxllm.config.validation import parse_duration, validate
 
 __all__ = [
-    "DURATION_UNITS",
     "EXPERIMENTS_DIR",
     "LORA_TARGETS",
     "Config",
