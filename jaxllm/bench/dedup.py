@@ -22,7 +22,7 @@ import tracemalloc
 import numpy as np
 
 from jaxllm.config.clean import DedupConfig
-from jaxllm.data.dedup import PARTITION_DOCS, DedupIndex, MinHasher, band_partition, band_rows, exact_key
+from jaxllm.data.dedup import DedupIndex, MinHasher, band_partition, band_rows, exact_key, partitions_for
 from jaxllm.data.pipeline import local_engine
 
 VOCABULARY = 10_000  # distinct words of the planted texts: 5-grams almost never repeat within a text
@@ -154,7 +154,7 @@ def _sample_anonymous_peak(stop: threading.Event, peak: list[int]) -> None:
 def _task_peak(index: DedupIndex) -> int:
     """tracemalloc's peak while one band task (band 0, partition 0) runs in this process over index's file."""
     tracemalloc.start()
-    band_partition(index.signature_path, index.n, index.cfg, -(-index.n // PARTITION_DOCS), (0, 0))
+    band_partition(index.signature_path, index.n, index.cfg, partitions_for(index.n), (0, 0))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return peak

@@ -192,6 +192,11 @@ def verify_edges(lo: np.ndarray, hi: np.ndarray, signatures: np.ndarray, thresho
     return ok
 
 
+def partitions_for(considered: int) -> int:
+    """P, the partitions of each band for this many considered documents: a function of the data alone."""
+    return -(-considered // PARTITION_DOCS)
+
+
 def band_partition(path: str, n: int, cfg: DedupConfig, partitions: int, task: tuple[int, int]) -> tuple:
     """One band task over the signature file at `path` (n signatures, then the considered documents' indices):
     task (band, p) keeps the band's keys whose value % partitions == p, so every bucket it holds is whole, and
@@ -348,7 +353,7 @@ class DedupIndex:
         star rounds on the components' engine."""
         self._signatures.write(memoryview(index.astype("<i8", copy=False)).cast("B"))
         self._signatures.flush()
-        partitions = -(-len(index) // PARTITION_DOCS)
+        partitions = partitions_for(len(index))
         engine = self.engine if len(index) >= ENGINE_MIN_DOCS else in_process
         verified, counts["candidate_pairs"], counts["verified_pairs"] = verified_pairs(
             self.signature_path, self.n, self.cfg, partitions, engine

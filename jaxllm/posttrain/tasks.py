@@ -57,10 +57,15 @@ def exact(reply: str, answer: str) -> bool:
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
+def _first_number(reply: str) -> float | None:
+    found = NUMBER.search(reply)
+    return float(found.group()) if found else None
+
+
 def numeric(reply: str, answer: str) -> bool:
     """The first number in the reply equals the answer's (to 1e-9, relative)."""
-    found = NUMBER.search(reply)
-    return found is not None and math.isclose(float(found.group()), float(answer), rel_tol=1e-9, abs_tol=1e-12)
+    value = _first_number(reply)
+    return value is not None and math.isclose(value, float(answer), rel_tol=1e-9, abs_tol=1e-12)
 
 
 CHECKERS: dict[str, Callable[[str, str], bool]] = {"exact": exact, "numeric": numeric}
@@ -89,10 +94,7 @@ def is_correct(problem: Problem, reply: str) -> bool:
 def answer_key(problem: Problem, reply: str) -> str | float | None:
     """What two replies share when they give the same answer, as the problem's checker reads them: the first
     number's value for 'numeric' (None without one), else the first line, stripped (a user's checker included)."""
-    if problem.checker == "numeric":
-        found = NUMBER.search(reply)
-        return float(found.group()) if found else None
-    return _first_line(reply)
+    return _first_number(reply) if problem.checker == "numeric" else _first_line(reply)
 
 
 def _word(rng: random.Random, low: int = 4, high: int = 7) -> str:
